@@ -1,0 +1,241 @@
+"""The ``tandem`` command line. Each command parses, builds settings and calls the library.
+
+Heavy modules (torch, transformers, faiss) are imported inside the commands so that
+``tandem --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tandem.errors import TandemError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tandem: train a dense retriever and a re-ranker together (RocketQAv2) and search with them.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")
+app.add_typer(data_app, name="data")
+
+log = logging.getLogger("tandem")
+
+
+class IndexType(str, Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+class EmbDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    none = "none"
+
+
+DataOpt = typer.Option(..., "--data", help="BEIR-layout dataset directory, or a dataset name resolved in "
+                                           "$TANDEM_DATA, then the user cache, then downloaded.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars (TANDEM_NO_PROGRESS=1 hides them).")
+
+
+def _echo_err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _load_split(data: str, split: str):
+    from tandem.data import load_beir, resolve_dataset
+
+    directory = resolve_dataset(data)
+    return directory, load_beir(directory, split)
+
+
+@data_app.command("check")
+def data_check(directory: str = typer.Argument(..., help="Dataset directory or name."),
+               as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON.")) -> None:
+    """Validate every file of a dataset (first bad line is reported) and print its statistics."""
+    from tandem.data import check_dataset, resolve_dataset
+
+    stats = check_dataset(resolve_dataset(directory))
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    typer.echo(f"{stats['directory']}: OK")
+    typer.echo(f"  passages  {stats['passages']:>10,}  (mean {stats['passage_words_mean']:.0f} words, "
+               f"p95 {stats['passage_words_p95']:.0f})")
+    typer.echo(f"  queries   {stats['queries']:>10,}  (mean {stats['query_words_mean']:.1f} words)")
+    for split, s in stats["splits"].items():
+        line = f"  qrels/{split}: {s['queries']:,} queries, {s['judgments']:,} judgments ({s['relevant']:,} relevant)"
+        if s["unknown_query_judgments"] or s["unknown_passage_judgments"]:
+            line += (f"; WARNING {s['unknown_query_judgments']} name unknown queries, "
+                     f"{s['unknown_passage_judgments']} unknown passages")
+        typer.echo(line)
+
+
+@app.command()
+def bm25(data: str = DataOpt,
+         split: str = typer.Option("test", help="Qrels split whose queries are searched."),
+         out: Path = typer.Option(..., "--out", help="TREC run file to write."),
+         k: int = typer.Option(1000, "--k", min=1, help="Passages per query."),
+         k1: float = typer.Option(1.5, help="BM25 k1."),
+         b: float = typer.Option(0.75, help="BM25 b."),
+         stemmer: Optional[str] = typer.Option(None, help="Snowball stemmer name, e.g. english (needs PyStemmer)."),
+         progress: bool = ProgressOpt) -> None:
+    """BM25 (bm25s, Lucene scoring, English stopwords) over the corpus; writes a TREC run."""
+    from tandem.data import write_run
+    from tandem.index.bm25 import BM25, BM25Settings
+    from tandem.io import write_json, manifest
+
+    t0 = time.perf_counter()
+    directory, ds = _load_split(data, split)
+    settings = BM25Settings(k1=k1, b=b, stemmer=stemmer)
+    queries = ds.split_queries()
+    run = BM25(ds.corpus, settings, progress).search(queries, k, progress)
+    write_run(out, run, tag="bm25")
+    write_json(Path(str(out) + ".json"), manifest("run", retriever="bm25", settings=settings.__dict__,
+                                                   data=str(directory), split=split, k=k))
+    _echo_err(f"bm25: {len(run)} queries -> {out} ({time.perf_counter() - t0:.1f}s)")
+
+
+@app.command()
+def index(data: str = DataOpt,
+          out: Path = typer.Option(..., "--out", help="Index directory to write (replaced atomically)."),
+          model: Optional[str] = typer.Option(None, help="Hugging Face id or local directory; default: the embedded "
+                                                         "all-MiniLM-L6-v2."),
+          max_length: int = typer.Option(256, "--max-length", min=2, help="Max tokens per passage."),
+          batch_size: int = typer.Option(32, "--batch-size", min=1, help="Passages per forward pass."),
+          pooling: Optional[Pooling] = typer.Option(None, help="Override the model's pooling."),
+          normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize",
+                                                   help="Override the model's L2 normalisation."),
+          index_type: IndexType = typer.Option(IndexType.flat, "--index-type", help="flat (exact), hnsw or ivfpq."),
+          embeddings: EmbDtype = typer.Option(EmbDtype.float32, help="Also save embeddings.npy in this dtype."),
+          progress: bool = ProgressOpt) -> None:
+    """Encode the corpus and build a FAISS index (with ids and manifest.json)."""
+    from tandem.data import load_corpus, resolve_dataset
+    from tandem.data.beir import _find
+    from tandem.index.dense import build_index
+    from tandem.io import sha256_file
+    from tandem.models.encoder import Encoder
+
+    t0 = time.perf_counter()
+    directory = resolve_dataset(data)
+    corpus_file = _find(directory, "corpus.jsonl")
+    corpus = load_corpus(corpus_file)
+    encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
+                                      normalize=normalize)
+    idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), index_type=index_type.value,
+                      batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
+                      progress=progress)
+    dt = time.perf_counter() - t0
+    _echo_err(f"index: {len(idx):,} passages, dim {idx.index.d}, {index_type.value} -> {out} "
+              f"({dt:.1f}s, {len(idx) / dt:.1f} passages/s)")
+
+
+@app.command()
+def search(index_dir: Path = typer.Option(..., "--index", help="Index directory from tandem index."),
+           data: Optional[str] = typer.Option(None, "--data", help="Dataset whose split queries are searched."),
+           split: str = typer.Option("test", help="Qrels split whose queries are searched."),
+           query: Optional[str] = typer.Option(None, "--query", help="Search one free-text query and print results."),
+           k: int = typer.Option(100, "--k", min=1, help="Passages per query."),
+           out: Optional[Path] = typer.Option(None, "--out", help="TREC run file to write."),
+           model: Optional[str] = typer.Option(None, help="Query encoder; must be the model the index was built with "
+                                                          "(default: read from the index manifest)."),
+           batch_size: int = typer.Option(64, "--batch-size", min=1),
+           progress: bool = ProgressOpt) -> None:
+    """Retrieve top-k passages for a dataset's queries (TREC run) or for one query string."""
+    from tandem.data import write_run
+    from tandem.index.dense import dense_search, load_index_and_encoder
+
+    if query is None and data is None:
+        raise TandemError("give --data DIR (searches the split's queries) or --query TEXT")
+    if query is not None and not query.strip():
+        raise TandemError("--query is empty")
+    t0 = time.perf_counter()
+    idx, encoder = load_index_and_encoder(index_dir, model)
+    if query is not None:
+        from tandem.data import load_corpus, ranked, resolve_dataset
+        from tandem.data.beir import _find
+
+        run = dense_search(idx, encoder, {"q": query}, k)
+        corpus = load_corpus(_find(resolve_dataset(data), "corpus.jsonl")) if data is not None else None
+        for rank, (pid, score) in enumerate(ranked(run["q"]), start=1):
+            snippet = f"  {corpus.text(pid)[:100]}" if corpus is not None else ""
+            typer.echo(f"{rank:>3}  {score:8.4f}  {pid}{snippet}")
+        if out:
+            write_run(out, run, tag="tandem-dense")
+        return
+    _, ds = _load_split(data, split)
+    queries = ds.split_queries()
+    t1 = time.perf_counter()
+    run = dense_search(idx, encoder, queries, k, batch_size=batch_size, progress=progress)
+    dt = time.perf_counter() - t1
+    if out is None:
+        raise TandemError("--out RUN.trec is required with --data")
+    write_run(out, run, tag="tandem-dense")
+    _echo_err(f"search: {len(run)} queries -> {out} ({dt:.1f}s search, {len(run) / dt:.1f} queries/s; "
+              f"{time.perf_counter() - t0:.1f}s total)")
+
+
+@app.command()
+def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
+             qrels: Path = typer.Option(..., "--qrels", help="Qrels file (BEIR TSV or TREC)."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON: measure -> value (one run) or "
+                                                                "run path -> measure -> value (several)."),
+             measures: List[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--measure",
+                                                help="ir_measures names; repeat the option for several.")) -> None:
+    """Score runs against qrels: nDCG@10, RR@10 (MRR@10), R@100, R@1000, side by side."""
+    from tandem.data import load_qrels, read_run
+    from tandem.eval.metrics import evaluate as _evaluate, format_table
+
+    judged = load_qrels(qrels)
+    results = {str(r): _evaluate(read_run(r), judged, measures) for r in runs}
+    if as_json:
+        typer.echo(json.dumps(next(iter(results.values())) if len(runs) == 1 else results, indent=2))
+    else:
+        typer.echo(format_table(results, measures))
+
+
+@app.command()
+def demo(data: str = typer.Option("scifact", "--data", help="Dataset name or directory."),
+         out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory (stages resume from it)."),
+         max_length: int = typer.Option(256, "--max-length", min=2, help="Max passage tokens for dense encoding."),
+         progress: bool = ProgressOpt) -> None:
+    """The end-to-end run on a dataset; writes report.json and report.md under --out."""
+    from tandem.demo import run_demo
+    from tandem.eval.metrics import format_table
+
+    report = run_demo(data, out, max_length=max_length, progress=progress)
+    typer.echo(format_table(report["systems"], ["nDCG@10", "RR@10", "R@100", "seconds"]))
+    _echo_err(f"demo: report -> {out / 'report.md'} and {out / 'report.json'} ({report['total_seconds']:.0f}s)")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "faiss", "bm25s", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a :class:`TandemError` becomes a one-line message and exit status 2."""
+    _setup_logging()
+    try:
+        app(args=argv, standalone_mode=True)
+    except TandemError as e:
+        _echo_err(f"error: {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _echo_err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""BM25 over a corpus with bm25s (Lucene variant; English stopwords; optional stemming)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+
+from tandem.data.types import Corpus, Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BM25Settings:
+    k1: float = 1.5
+    b: float = 0.75
+    method: str = "lucene"
+    stopwords: str = "en"
+    stemmer: str | None = None  # e.g. "english" (needs PyStemmer)
+
+
+class BM25:
+    """A bm25s index over a :class:`Corpus`; ``search`` returns a run (qid -> pid -> score)."""
+
+    def __init__(self, corpus: Corpus, settings: BM25Settings = BM25Settings(), progress: bool = False):
+        import bm25s
+
+        # subtle: bm25s sets its own logger to DEBUG at import; keep it at the level of its parent
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
+        self.corpus = corpus
+        self.settings = settings
+        self._stemmer = _stemmer(settings.stemmer)
+        tokens = bm25s.tokenize(list(corpus), stopwords=settings.stopwords, stemmer=self._stemmer,
+                                show_progress=progress)
+        self.model = bm25s.BM25(k1=settings.k1, b=settings.b, method=settings.method)
+        self.model.index(tokens, show_progress=progress)
+
+    def search(self, queries: Mapping[str, str], k: int = 100, progress: bool = False) -> Run:
+        import bm25s
+
+        qids = list(queries)
+        k = min(k, len(self.corpus))
+        tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=self.settings.stopwords,
+                                stemmer=self._stemmer, show_progress=progress)
+        docs, scores = self.model.retrieve(tokens, k=k, show_progress=progress, n_threads=1)
+        run: Run = {}
+        for row, qid in enumerate(qids):
+            # bm25s returns zero-score filler for queries with no matching term; drop it
+            keep = scores[row] > 0
+            run[qid] = {self.corpus.ids[int(d)]: float(s) for d, s in zip(docs[row][keep], scores[row][keep])}
+        return run
+
+    def describe(self) -> dict:
+        return {"retriever": "bm25s", **asdict(self.settings)}
+
+
+def _stemmer(name: str | None):
+    if not name:
+        return None
+    try:
+        import Stemmer
+    except ImportError:
+        raise ImportError("stemming needs PyStemmer: pip install PyStemmer") from None
+    return Stemmer.Stemmer(name).stemWords
+
+
+def bm25_search(corpus: Corpus, queries: Mapping[str, str], k: int = 100, settings: BM25Settings = BM25Settings(),
+                progress: bool = False) -> Run:
+    """Index ``corpus`` and retrieve top-``k`` for every query."""
+    return BM25(corpus, settings, progress).search(queries, k, progress)
+
+
+__all__ = ["BM25", "BM25Settings", "bm25_search"]

@@ -1,0 +1,83 @@
+"""Dense retrieval end to end: encode a corpus into an index directory, search it with queries."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from tandem.data.types import Corpus, Run
+from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.index.faiss_index import DenseIndex
+from tandem.io import atomic_open
+from tandem.models.encoder import Encoder
+from tandem.models.hf import model_fingerprint, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def encoder_info(encoder: Encoder) -> dict:
+    """What an index must record about the encoder that made its vectors."""
+    s = encoder.settings
+    name = encoder.name
+    if Path(name).is_dir():
+        name = str(Path(name).resolve())
+    return {"model": name, "model_fingerprint": model_fingerprint(encoder.name), "pooling": s.pooling,
+            "normalize": s.normalize, "max_length": s.max_length, "prefix": s.prefix, "dim": encoder.dim}
+
+
+def save_embeddings(path: str | os.PathLike, vectors: np.ndarray, dtype: str = "float32") -> None:
+    """Write vectors as ``.npy`` (float32 or float16), atomically."""
+    if dtype not in ("float32", "float16"):
+        raise TandemError(f"embedding dtype must be float32 or float16, got {dtype!r}")
+    with atomic_open(path, "wb") as f:
+        np.save(f, vectors.astype(dtype, copy=False))
+
+
+def load_embeddings(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a ``.npy`` of vectors (read-only)."""
+    return np.load(path, mmap_mode="r")
+
+
+def build_index(corpus: Corpus, out: str | os.PathLike, encoder: Encoder | None = None, *,
+                corpus_hash: str = "", index_type: str = "flat", batch_size: int = 32,
+                embeddings_dtype: str | None = "float32", progress: bool = False, **index_options) -> DenseIndex:
+    """Encode every passage and save a :class:`DenseIndex` (and the embeddings) under ``out``."""
+    encoder = encoder or Encoder.from_pretrained(None)
+    vectors = encoder.encode(list(corpus), batch_size=batch_size, progress=progress, desc="encoding corpus")
+    info = {**encoder_info(encoder), "corpus_hash": corpus_hash, "passages": len(corpus)}
+    index = DenseIndex.build(vectors, corpus.ids, info, kind=index_type, **index_options)
+    index.save(out)
+    if embeddings_dtype:
+        save_embeddings(Path(out) / "embeddings.npy", vectors, embeddings_dtype)
+    return index
+
+
+def load_index_and_encoder(index_dir: str | os.PathLike, model: str | None = None) -> tuple[DenseIndex, Encoder]:
+    """Load an index and the encoder that built it; a different ``model`` is refused."""
+    index = DenseIndex.load(index_dir)
+    info = index.info
+    if model is not None:
+        resolved = resolve_model(model)
+        fp = model_fingerprint(resolved)
+        if fp != info.get("model_fingerprint"):
+            raise IncompatibleArtifactError(
+                f"{index_dir}: the index was built with model {info.get('model')!r} "
+                f"(fingerprint {info.get('model_fingerprint')}) but --model {model!r} has fingerprint {fp}. "
+                "Search with the model the index was built with (omit --model), or rebuild the index")
+    encoder = Encoder.from_pretrained(model or info["model"], pooling=info["pooling"], normalize=info["normalize"],
+                                      max_length=info["max_length"], prefix=info.get("prefix", ""))
+    if encoder.dim != index.index.d:
+        raise IncompatibleArtifactError(f"{index_dir}: index dim {index.index.d} != model dim {encoder.dim}")
+    return index, encoder
+
+
+def dense_search(index: DenseIndex, encoder: Encoder, queries: Mapping[str, str], k: int = 100,
+                 batch_size: int = 64, progress: bool = False) -> Run:
+    qids = list(queries)
+    vectors = encoder.encode([queries[q] for q in qids], batch_size=batch_size, progress=progress,
+                             desc="encoding queries")
+    return index.search(qids, vectors, k)

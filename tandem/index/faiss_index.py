@@ -1,0 +1,135 @@
+"""Dense index: FAISS (exact inner product by default; HNSW or IVF-PQ) + passage ids + manifest.
+
+Directory layout (written atomically, as one directory swap):
+    index.faiss     the FAISS index
+    ids.txt         passage ids, one per line, in index order
+    manifest.json   model, fingerprint, pooling, normalisation, dim, corpus hash, index type, versions
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tandem.data.types import Run
+from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.io import atomic_dir, manifest, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+
+
+def build_faiss(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,
+                ef_search: int = 128, nlist: int | None = None, pq_m: int | None = None, nprobe: int = 16):
+    """A FAISS inner-product index over ``vectors`` (N, D) float32."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+    elif kind == "ivfpq":
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+        pq_m = pq_m or _pq_subquantizers(dim)
+        if dim % pq_m:
+            raise TandemError(f"IVF-PQ needs pq_m to divide the dimension {dim}; got pq_m={pq_m}")
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        if n < 256:
+            raise TandemError(f"IVF-PQ needs at least 256 vectors to train its codebooks; got {n}. Use --index-type flat")
+        index.train(vectors)
+        index.nprobe = min(nprobe, nlist)
+    else:
+        raise TandemError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    index.add(vectors)
+    return index
+
+
+def _pq_subquantizers(dim: int) -> int:
+    for m in (48, 32, 24, 16, 12, 8, 4, 2, 1):
+        if dim % m == 0 and dim // m >= 4:
+            return m
+    return 1
+
+
+class DenseIndex:
+    """A FAISS index with the passage ids and the manifest that says how its vectors were made."""
+
+    def __init__(self, index, ids: Sequence[str], info: dict[str, Any]):
+        if index.ntotal != len(ids):
+            raise IncompatibleArtifactError(f"index holds {index.ntotal} vectors but {len(ids)} ids")
+        self.index = index
+        self.ids = list(ids)
+        self.info = info
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: Sequence[str], info: dict[str, Any], kind: str = "flat",
+              **options) -> "DenseIndex":
+        if len(vectors) != len(ids):
+            raise TandemError(f"{len(vectors)} vectors but {len(ids)} ids")
+        index = build_faiss(vectors, kind, **options)
+        return cls(index, ids, {**info, "index_type": kind, "index_options": options, "dim": int(vectors.shape[1]),
+                                "size": len(ids)})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and positions (Q, k) of the top-``k`` passages for each query vector."""
+        k = min(k, len(self.ids))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise IncompatibleArtifactError(f"query vectors have shape {queries.shape}, index dim is {self.index.d}")
+        return self.index.search(queries, k)
+
+    def search(self, qids: Sequence[str], queries: np.ndarray, k: int) -> Run:
+        scores, positions = self.search_vectors(queries, k)
+        run: Run = {}
+        for qid, row_s, row_p in zip(qids, scores, positions):
+            run[qid] = {self.ids[int(p)]: float(s) for s, p in zip(row_s, row_p) if p >= 0}
+        return run
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index directory atomically (a killed save leaves the previous index intact)."""
+        import faiss
+
+        with atomic_dir(path) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
+            write_json(tmp / "manifest.json", manifest("dense-index", **self.info))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expect: dict[str, Any] | None = None) -> "DenseIndex":
+        """Load an index directory; refuse when ``expect`` (e.g. the model fingerprint) disagrees."""
+        import faiss
+
+        path = Path(path)
+        for f in ("index.faiss", "ids.txt", "manifest.json"):
+            if not (path / f).exists():
+                raise IncompatibleArtifactError(f"{path}: not a tandem index (missing {f}); build one with tandem index")
+        info = read_json(path / "manifest.json")
+        if info.get("kind") != "dense-index":
+            raise IncompatibleArtifactError(f"{path}/manifest.json: kind is {info.get('kind')!r}, expected 'dense-index'")
+        check_compatible(info, expect or {}, path)
+        ids = (path / "ids.txt").read_text(encoding="utf-8").splitlines()
+        index = faiss.read_index(str(path / "index.faiss"))
+        return cls(index, ids, info)
+
+
+def check_compatible(info: dict[str, Any], expect: dict[str, Any], where: Path) -> None:
+    """Raise if any expected manifest field differs from the recorded one."""
+    for key, want in expect.items():
+        have = info.get(key)
+        if have != want:
+            raise IncompatibleArtifactError(
+                f"{where}: the index was built with {key}={have!r} but is being used with {key}={want!r}. "
+                f"Search with the model the index was built with (omit --model), or rebuild the index")

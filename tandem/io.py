@@ -1,0 +1,160 @@
+"""Small I/O helpers: transparent gzip, atomic writes, hashing, manifests."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+FORMAT_VERSION = 1
+
+
+def open_text(path: str | os.PathLike, mode: str = "rt") -> IO[str]:
+    """Open a text file for reading or writing, gzip-compressed when the name ends in ``.gz``.
+
+    Reading is tolerant of CRLF: Python's universal newlines turn ``\\r\\n`` into ``\\n``.
+    """
+    path = Path(path)
+    if "b" in mode:
+        raise ValueError("open_text opens text only")
+    if path.suffix == ".gz":
+        return gzip.open(path, mode, encoding="utf-8")  # type: ignore[return-value]
+    return open(path, mode, encoding="utf-8")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it over ``path`` atomically.
+
+    Whatever the caller writes to the temporary path only becomes ``path`` once the block
+    exits without an exception, so a killed process leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file that replaces ``path`` atomically when the block succeeds.
+
+    ``mode`` is ``"w"`` (text, UTF-8; gzip when the name ends in ``.gz``) or ``"wb"``.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if mode == "wb":
+            with open(tmp, "wb") as f:
+                yield f
+        elif path.suffix == ".gz":
+            with gzip.open(tmp, "wt", encoding="utf-8") as f:
+                yield f
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                yield f
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    from tandem.errors import DataFormatError
+
+    try:
+        with open_text(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, f"invalid JSON: {e.msg}", e.lineno) from None
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces directory ``path`` when the block succeeds.
+
+    The old directory stays in place until the new one is complete; the swap is two renames,
+    so a reader sees either the complete old or the complete new directory.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide what an artefact contains."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("tandem-ir", "torch", "transformers", "faiss-cpu", "bm25s", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def manifest(kind: str, **fields: Any) -> dict[str, Any]:
+    """A manifest dict: what made an artefact, with format version, time and package versions."""
+    return {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **fields,
+        "versions": versions(),
+    }

@@ -1,0 +1,48 @@
+"""Progress bars, timing and seeding shared by the library."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from typing import Iterator
+
+import numpy as np
+
+
+def progress_enabled(requested: bool) -> bool:
+    """Bars show when asked for, unless ``TANDEM_NO_PROGRESS`` is set."""
+    return requested and not os.environ.get("TANDEM_NO_PROGRESS")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, desc: str, enabled: bool = True, unit: str = "it") -> Iterator:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, disable=not progress_enabled(enabled), unit=unit, dynamic_ncols=True,
+               leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

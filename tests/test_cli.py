@@ -1,0 +1,80 @@
+"""The command line, run as a user runs it: in a subprocess, checking exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SCIFACT
+
+
+def tandem(*args, check=True, env=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "tandem", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "TANDEM_NO_PROGRESS": "1", **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tandem {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_commands():
+    out = tandem("--help").stdout
+    for cmd in ("data", "bm25", "index", "search", "evaluate"):
+        assert cmd in out
+
+
+def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
+    assert "OK" in tandem("data", "check", tiny_dataset).stdout
+    stats = json.loads(tandem("data", "check", tiny_dataset, "--json").stdout)
+    assert stats["passages"] == 60
+    tandem("bm25", "--data", tiny_dataset, "--split", "test", "--out", tmp_path / "bm25.trec", "--k", "20")
+    tandem("index", "--data", tiny_dataset, "--out", tmp_path / "idx", "--model", tiny_model_dir, "--max-length", 64,
+           "--normalize")
+    tandem("search", "--index", tmp_path / "idx", "--data", tiny_dataset, "--k", 20, "--out", tmp_path / "dense.trec")
+    qrels = tiny_dataset / "qrels" / "test.tsv"
+    one = json.loads(tandem("evaluate", tmp_path / "bm25.trec", "--qrels", qrels, "--json").stdout)
+    assert set(one) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
+    assert one["nDCG@10"] > 0.5  # queries are made of their passage's words
+    both = json.loads(tandem("evaluate", tmp_path / "bm25.trec", tmp_path / "dense.trec", "--qrels", qrels,
+                             "--json").stdout)
+    assert set(both) == {str(tmp_path / "bm25.trec"), str(tmp_path / "dense.trec")}
+    assert set(both[str(tmp_path / "dense.trec")]) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
+    table = tandem("evaluate", tmp_path / "bm25.trec", tmp_path / "dense.trec", "--qrels", qrels).stdout
+    assert "bm25.trec" in table and "dense.trec" in table and "nDCG@10" in table
+    hits = tandem("search", "--index", tmp_path / "idx", "--query", "protein cell gene", "--k", 3,
+                  "--data", tiny_dataset).stdout.splitlines()
+    assert len(hits) == 3 and hits[0].split()[0] == "1"
+
+
+def test_bad_input_exits_nonzero_without_traceback(tmp_path, tiny_dataset):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"\n')
+    (bad / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    proc = tandem("data", "check", bad, check=False)
+    assert proc.returncode == 2
+    assert f"{bad / 'corpus.jsonl'}:2: invalid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = tandem("bm25", "--data", "no-such-set", "--out", tmp_path / "r.trec", check=False,
+                  env={"TANDEM_DATA": str(tmp_path), "TANDEM_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 2 and "TANDEM_DATA" in proc.stderr and "Traceback" not in proc.stderr
+    proc = tandem("bm25", "--data", tiny_dataset, "--split", "dev", "--out", tmp_path / "r.trec", check=False)
+    assert proc.returncode == 2 and "no qrels for split 'dev'" in proc.stderr
+    proc = tandem("search", "--index", tmp_path, "--query", "x", check=False)
+    assert proc.returncode == 2 and "not a tandem index" in proc.stderr
+
+
+@pytest.mark.slow
+def test_scifact_bm25_reference(tmp_path):
+    """BM25 on SciFact test reproduces the reference nDCG@10 0.662 (../shared/data/README.md) within 0.01."""
+    env = {"TANDEM_DATA": str(SCIFACT.parent)}
+    tandem("data", "check", "scifact", env=env)
+    tandem("bm25", "--data", "scifact", "--split", "test", "--out", tmp_path / "bm25.trec", env=env)
+    res = json.loads(tandem("evaluate", tmp_path / "bm25.trec", "--qrels", SCIFACT / "qrels" / "test.tsv",
+                            "--json").stdout)
+    assert abs(res["nDCG@10"] - 0.662) <= 0.01
+    assert abs(res["R@100"] - 0.876) <= 0.01

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.index import DenseIndex, build_index, dense_search, load_embeddings, load_index_and_encoder
+from tandem.data import load_beir
+from tandem.io import atomic_dir
+
+
+def _vectors(n=500, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(np.float32)
+
+
+def test_flat_matches_brute_force():
+    docs, queries = _vectors(), _vectors(20, seed=1)
+    ids = [f"p{i}" for i in range(len(docs))]
+    idx = DenseIndex.build(docs, ids, {})
+    scores, pos = idx.search_vectors(queries, 10)
+    brute = queries @ docs.T
+    expect = np.argsort(-brute, axis=1)[:, :10]
+    np.testing.assert_array_equal(pos, expect)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expect, 1), rtol=1e-5)
+    run = idx.search([f"q{i}" for i in range(20)], queries, 10)
+    assert list(run["q0"]) == [ids[j] for j in expect[0]]
+
+
+def test_hnsw_and_ivfpq_recall():
+    docs, queries = _vectors(2000, 32), _vectors(50, 32, seed=1)
+    ids = [str(i) for i in range(len(docs))]
+    exact = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
+    for kind, floor in (("hnsw", 0.9), ("ivfpq", 0.3)):
+        _, pos = DenseIndex.build(docs, ids, {}, kind=kind).search_vectors(queries, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, exact)])
+        assert recall >= floor, (kind, recall)
+    with pytest.raises(TandemError, match="at least 256 vectors"):
+        DenseIndex.build(docs[:100], ids[:100], {}, kind="ivfpq")
+    with pytest.raises(TandemError, match="index type must be one of"):
+        DenseIndex.build(docs, ids, {}, kind="lsh")
+
+
+def test_save_load_round_trip(tmp_path):
+    docs = _vectors()
+    idx = DenseIndex.build(docs, [f"p{i}" for i in range(len(docs))], {"model": "m"})
+    idx.save(tmp_path / "idx")
+    back = DenseIndex.load(tmp_path / "idx")
+    assert back.ids == idx.ids and back.info["model"] == "m" and back.info["format_version"] == 1
+    q = _vectors(5, seed=3)
+    np.testing.assert_array_equal(back.search_vectors(q, 5)[1], idx.search_vectors(q, 5)[1])
+    with pytest.raises(IncompatibleArtifactError, match="built with model='m' but is being used with model='x'"):
+        DenseIndex.load(tmp_path / "idx", expect={"model": "x"})
+    with pytest.raises(IncompatibleArtifactError, match="not a tandem index"):
+        DenseIndex.load(tmp_path)
+
+
+def test_failed_save_keeps_old_index(tmp_path):
+    docs = _vectors()
+    ids = [f"p{i}" for i in range(len(docs))]
+    DenseIndex.build(docs, ids, {"model": "old"}).save(tmp_path / "idx")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "idx") as tmp:
+            (tmp / "index.faiss").write_bytes(b"partial")
+            raise RuntimeError("killed mid-write")
+    assert DenseIndex.load(tmp_path / "idx").info["model"] == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temp dirs left behind
+
+
+def test_build_and_search_with_encoder(tiny_dataset, tiny_encoder, tiny_model_dir, tmp_path):
+    ds = load_beir(tiny_dataset, "test")
+    tiny_encoder.settings.normalize = True  # cosine: a passage is its own nearest neighbour
+    idx = build_index(ds.corpus, tmp_path / "idx", tiny_encoder, corpus_hash="abc", embeddings_dtype="float16")
+    emb = load_embeddings(tmp_path / "idx" / "embeddings.npy")
+    assert emb.dtype == np.float16 and emb.shape == (60, 32) and isinstance(emb, np.memmap)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    for key in ("model", "model_fingerprint", "pooling", "normalize", "dim", "corpus_hash", "index_type", "versions"):
+        assert key in manifest
+    index, encoder = load_index_and_encoder(tmp_path / "idx")
+    run = dense_search(index, encoder, ds.split_queries(), k=5)
+    assert set(run) == set(ds.qrels) and all(len(v) == 5 for v in run.values())
+    # each passage retrieves itself first when used as a query
+    self_run = dense_search(index, encoder, {"x": ds.corpus.text("d7")}, k=1)
+    assert list(self_run["x"]) == ["d7"]
+
+
+def test_index_refuses_another_model(tiny_dataset, tiny_encoder, tmp_path):
+    from tests.conftest import make_tiny_bert
+
+    ds = load_beir(tiny_dataset, "test")
+    build_index(ds.corpus, tmp_path / "idx", tiny_encoder)
+    other = make_tiny_bert(tmp_path / "other-model", seed=1)
+    with pytest.raises(IncompatibleArtifactError, match="rebuild the index"):
+        load_index_and_encoder(tmp_path / "idx", str(other))
