@@ -204,6 +204,57 @@ def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
         typer.echo(format_table(results, measures))
 
 
+class Mode(str, Enum):
+    joint = "joint"
+    static = "static"
+    retriever = "retriever"
+    reranker = "reranker"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context,
+          data: str = DataOpt,
+          out: Path = typer.Option(..., "--out", help="Output directory: retriever/, reranker/, config.json, "
+                                                      "metrics.jsonl, checkpoints/."),
+          lists: Optional[Path] = typer.Option(None, "--lists", help="Training lists (JSON lines, DESIGN.md section 4)."),
+          run: Optional[Path] = typer.Option(None, "--run", help="Or: a TREC run whose top-n (minus positives) "
+                                                                 "become the negatives."),
+          top_n: int = typer.Option(50, "--top-n", min=1, help="With --run: candidates per query."),
+          split: str = typer.Option("train", help="Qrels split of the training queries."),
+          mode: Optional[Mode] = typer.Option(None, "--mode", help="joint (default), static, retriever, reranker."),
+          retriever: Optional[str] = typer.Option(None, "--retriever", help="Retriever to start from (id or dir)."),
+          reranker: Optional[str] = typer.Option(None, "--reranker", help="Re-ranker to start from (id or dir)."),
+          config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON settings file."),
+          resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/latest."),
+          progress: bool = ProgressOpt) -> None:
+    """Train jointly (dynamic listwise distillation) or one model alone.
+
+    Any setting can be overridden after the options as key=value (e.g. list_size=16 lr_retriever=3e-5);
+    `tandem train-settings` lists them all.
+    """
+    from tandem.train import train as _train
+
+    overrides = list(ctx.args)
+    if mode is not None:
+        overrides.append(f"mode={mode.value}")
+    result = _train(data, out, lists=lists, run=run, top_n=top_n, split=split, retriever=retriever,
+                    reranker=reranker, config=config, overrides=overrides, resume=resume, progress=progress)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
+    _echo_err(f"train: {result.steps} steps in {result.seconds:.0f}s ({result.sequences_per_s:.1f} sequences/s); "
+              f"last losses: {losses}")
+    for model, metrics in result.heldout.items():
+        _echo_err(f"  held-out lists, {model}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    _echo_err(f"  models and logs -> {out}")
+
+
+@app.command("train-settings")
+def train_settings() -> None:
+    """List every training setting with its default and meaning."""
+    from tandem.train.config import describe
+
+    typer.echo(describe())
+
+
 @app.command()
 def demo(data: str = typer.Option("scifact", "--data", help="Dataset name or directory."),
          out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory (stages resume from it)."),

@@ -1,0 +1,63 @@
+"""``tandem train`` from Python: load data and models, build or read lists, run the trainer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tandem.data import load_beir, read_run, resolve_dataset
+from tandem.errors import TandemError
+from tandem.models.reranker import Reranker
+from tandem.models.retriever import Retriever
+from tandem.train.config import TrainConfig, load_config
+from tandem.train.joint import Trainer, TrainResult
+from tandem.train.lists import lists_from_run, read_lists, write_lists
+from tandem.utils import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None) -> tuple[Retriever | None, Reranker | None]:
+    """The models a mode needs, seeded so that new heads start the same for the same seed."""
+    seed_everything(cfg.seed)
+    r = ce = None
+    if cfg.mode in ("joint", "static", "retriever"):
+        extra: dict[str, Any] = {}
+        if cfg.pooling:
+            extra["pooling"] = cfg.pooling
+        if cfg.normalize:
+            extra["normalize"] = cfg.normalize == "true"
+        r = Retriever.from_pretrained(retriever, shared=cfg.shared_towers, temperature=cfg.temperature,
+                                      query_max_length=cfg.query_max_length,
+                                      passage_max_length=cfg.passage_max_length, **extra)
+    if cfg.mode in ("joint", "static", "reranker"):
+        ce = Reranker.from_pretrained(reranker, max_length=cfg.reranker_max_length)
+    return r, ce
+
+
+def train(data: str | Path, out: str | Path, lists: str | Path | None = None, run: str | Path | None = None,
+          top_n: int = 50, split: str = "train", retriever: str | None = None, reranker: str | None = None,
+          config: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train per ``config`` + ``overrides`` on lists read from ``lists`` or built from ``run`` + qrels.
+
+    ``OUT`` receives ``retriever/`` and/or ``reranker/``, ``config.json``, ``metrics.jsonl`` and
+    ``checkpoints/``; ``resume`` continues a killed run from its latest checkpoint.
+    """
+    cfg = load_config(config, overrides)
+    directory = resolve_dataset(data)
+    ds = load_beir(directory, split)
+    if (lists is None) == (run is None):
+        raise TandemError("give the training lists (--lists LISTS.jsonl) or a run to build them from (--run RUN.trec)")
+    out = Path(out)
+    if lists is not None:
+        training = read_lists(lists, ds.corpus, ds.queries)
+    else:
+        training = lists_from_run(read_run(run), ds.qrels, ds.corpus, top_n, queries=ds.queries)
+        write_lists(out / "lists.jsonl", training)
+    if not training:
+        raise TandemError("no training lists")
+    r, ce = load_models(cfg, retriever, reranker)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, training, out, r, ce, progress=progress)
+    return trainer.train(resume=resume)

@@ -1,0 +1,146 @@
+"""Training settings: one frozen dataclass, loaded from YAML/JSON with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tandem.errors import ConfigError
+
+MODES = ("joint", "static", "retriever", "reranker")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = _f("joint", "joint (dynamic listwise distillation), static (frozen re-ranker teacher), "
+                            "retriever (contrastive alone), reranker (alone)")
+    reranker_loss: str = _f("listwise", "re-ranker objective: listwise (CE over the list) or pointwise (BCE)")
+    list_size: int = _f(8, "passages per list: 1 positive + list_size-1 negatives")
+    batch_size: int = _f(4, "lists per optimiser step (before accumulation)")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimiser step")
+    epochs: float = _f(1.0, "passes over the lists (fractions allowed)")
+    max_steps: int = _f(0, "stop after this many optimiser steps (0: use epochs)")
+    lr_retriever: float = _f(2e-5, "AdamW learning rate of the retriever")
+    lr_reranker: float = _f(2e-5, "AdamW learning rate of the re-ranker body")
+    lr_head: float = _f(1e-3, "learning rate of the re-ranker's classification head")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = _f(0.1, "fraction of steps of linear warm-up, then linear decay to 0")
+    max_grad_norm: float = _f(1.0, "gradient clipping per model (0: off)")
+    temperature: float = _f(0.05, "retriever temperature tau: list softmax over s_de / tau")
+    kl_direction: str = _f("ce_to_de", "ce_to_de: KL(P_ce || P_de) as the paper's code; de_to_ce: the reverse")
+    kl_reduction: str = _f("batchmean", "batchmean: per-query KL averaged; mean: divided by list size too (Paddle)")
+    kl_weight: float = _f(1.0, "weight of the KL term")
+    retriever_ce_weight: float = _f(0.0, "weight of an extra listwise CE on the retriever's own scores")
+    in_batch_negatives: bool = _f(False, "retriever mode: other queries' passages as negatives too")
+    query_max_length: int = _f(64, "max query tokens (retriever)")
+    passage_max_length: int = _f(256, "max passage tokens (retriever)")
+    reranker_max_length: int = _f(256, "max tokens of a (query, passage) pair")
+    chunk_size: int = _f(0, "sequences per forward chunk with gradient caching (0: whole batch at once)")
+    shared_towers: bool = _f(True, "query and passage towers share weights")
+    pooling: str = _f("", "retriever pooling override: mean or cls ('' keeps the model's)")
+    normalize: str = _f("", "retriever L2 normalisation override: true/false ('' keeps the model's)")
+    seed: int = _f(42, "seed of initialisation, sampling and dropout")
+    save_every: int = _f(0, "write a checkpoint every N optimiser steps (0: only at the end)")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    eval_every: int = _f(0, "evaluate on held-out lists every N steps (0: only at start and end)")
+    heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (fixed seed)")
+    allow_untrained_reranker: bool = _f(False, "let joint/static start from a re-ranker with a new, untrained head")
+    device: str = _f("auto", "auto, cpu or cuda")
+    log_every: int = _f(1, "write the metrics log every N steps")
+
+    def __post_init__(self):
+        checks = [
+            (self.mode in MODES, f"mode must be one of {MODES}"),
+            (self.reranker_loss in ("listwise", "pointwise"), "reranker_loss must be listwise or pointwise"),
+            (self.list_size >= 2, "list_size must be >= 2 (a positive and at least one negative)"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+            (self.kl_direction in ("ce_to_de", "de_to_ce"), "kl_direction must be ce_to_de or de_to_ce"),
+            (self.kl_reduction in ("batchmean", "mean"), "kl_reduction must be batchmean or mean"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
+            (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),
+            (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, bool):
+            return str(value).lower()
+    raise ConfigError(f"{name}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
+    """Settings from a YAML/JSON file (optional), then overrides (a dict or ``key=value`` strings).
+
+    Unknown keys and values of the wrong type raise :class:`ConfigError`.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        if str(path).endswith(".json"):
+            values.update(json.loads(text))
+        else:
+            import yaml
+
+            loaded = yaml.safe_load(text) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: expected a mapping of settings")
+            values.update(loaded.get("train", loaded))
+    if isinstance(overrides, list):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value")
+            k, v = item.split("=", 1)
+            pairs[k.strip().lstrip("-").replace("-", "_")] = v
+        overrides = pairs
+    values.update(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(TrainConfig)
+    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def describe() -> str:
+    """Every setting with its default and help, for ``--help`` texts and docs."""
+    return "\n".join(f"{f.name} = {f.default!r}: {f.metadata['help']}" for f in dataclasses.fields(TrainConfig))

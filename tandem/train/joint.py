@@ -1,0 +1,350 @@
+"""The trainer: dynamic listwise distillation (RocketQAv2) and its ablations.
+
+Per step, each of B lists holds a positive and G-1 negatives. The retriever gives s_de (B, G),
+the re-ranker s_ce (B, G); the loss depends on the mode:
+
+- ``joint``:     L = w_kl * KL(P_ce || P_de) + CE(s_ce) [+ w_r * CE(s_de / tau)], nothing detached,
+                 both optimisers step (the paper's dynamic distillation).
+- ``static``:    the re-ranker is frozen and is a constant teacher: L = w_kl * KL [+ w_r * CE].
+- ``retriever``: InfoNCE on the retriever's list (optionally in-batch negatives).
+- ``reranker``:  listwise CE, or pointwise BCE, on the re-ranker alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tandem.data.types import Corpus
+from tandem.errors import TandemError
+from tandem.io import atomic_dir, write_json
+from tandem.losses import group_ce, info_nce, pointwise_bce, rocketqa_kl
+from tandem.models.reranker import Reranker
+from tandem.models.retriever import Retriever
+from tandem.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tandem.train.chunking import CachedChunks
+from tandem.train.config import TrainConfig
+from tandem.train.lists import Group, ListSampler, TrainingList
+from tandem.utils import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def _param_groups(model: torch.nn.Module, lr: float, wd: float, head_prefixes=(), head_lr: float | None = None):
+    groups: dict[tuple[float, float], list] = {}
+    seen = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        decay = 0.0 if (p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name) else wd
+        rate = head_lr if head_lr is not None and any(h in name for h in head_prefixes) else lr
+        groups.setdefault((rate, decay), []).append(p)
+    return [{"params": ps, "lr": lr_, "weight_decay": d} for (lr_, d), ps in groups.items()]
+
+
+def _linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def list_metrics(scores: Tensor) -> dict[str, float]:
+    """nDCG@10, MRR@10 and accuracy@1 of the positive (column 0) within each list, averaged."""
+    rank = (scores[:, 1:] > scores[:, :1]).sum(1).float() + 1  # (B,) rank of the positive; ties favour it
+    ndcg = torch.where(rank <= 10, 1.0 / torch.log2(rank + 1), torch.zeros_like(rank))
+    rr = torch.where(rank <= 10, 1.0 / rank, torch.zeros_like(rank))
+    return {"nDCG@10": ndcg.mean().item(), "MRR@10": rr.mean().item(), "acc@1": (rank == 1).float().mean().item()}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    sequences_per_s: float
+    final_losses: dict[str, float]
+    heldout: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+
+
+class Trainer:
+    """Trains a retriever and/or re-ranker on training lists; see the module docstring for modes."""
+
+    def __init__(self, cfg: TrainConfig, corpus: Corpus, queries: Mapping[str, str], lists: list[TrainingList],
+                 out: str | Path, retriever: Retriever | None = None, reranker: Reranker | None = None,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.corpus = corpus
+        self.out = Path(out)
+        self.progress = progress
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if cfg.device == "auto" else cfg.device))
+        self.use_retriever = cfg.mode in ("joint", "static", "retriever")
+        self.use_reranker = cfg.mode in ("joint", "static", "reranker")
+        self.train_reranker = cfg.mode in ("joint", "reranker")
+        if self.use_retriever and retriever is None:
+            raise TandemError(f"mode {cfg.mode} needs a retriever")
+        if self.use_reranker and reranker is None:
+            raise TandemError(f"mode {cfg.mode} needs a re-ranker")
+        if cfg.mode in ("joint", "static") and not reranker.settings.trained and not cfg.allow_untrained_reranker:
+            raise TandemError(
+                f"the re-ranker {reranker.name!r} has a new, untrained classification head: as a teacher it would "
+                "pull the retriever toward noise. Warm it up first (tandem train --mode reranker ..., then pass "
+                "--reranker OUT/reranker), or set allow_untrained_reranker=true to train from it anyway")
+        self.retriever = retriever.to(self.device) if self.use_retriever else None
+        self.reranker = reranker.to(self.device) if self.use_reranker else None
+        if cfg.mode == "static":
+            self.reranker.eval()
+            self.reranker.requires_grad_(False)
+        # held-out lists: a fixed split, independent of the training seed
+        order = np.random.default_rng(1234).permutation(len(lists))
+        n_held = int(round(cfg.heldout_fraction * len(lists)))
+        self.heldout = [lists[i] for i in sorted(order[:n_held])]
+        self.lists = [lists[i] for i in sorted(order[n_held:])]
+        if not self.lists:
+            raise TandemError("no training lists left (empty lists file, or heldout_fraction too large)")
+        self.sampler = ListSampler(self.lists, queries, cfg.list_size - 1, cfg.seed)
+        self.held_sampler = ListSampler(self.heldout, queries, cfg.list_size - 1, cfg.seed) if self.heldout else None
+        self.micro_per_epoch = math.ceil(len(self.lists) / cfg.batch_size)
+        steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        warmup = int(cfg.warmup_ratio * self.total_steps)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if self.use_retriever:
+            self.optimizers["retriever"] = torch.optim.AdamW(
+                _param_groups(self.retriever, cfg.lr_retriever, cfg.weight_decay))
+        if self.train_reranker:
+            self.optimizers["reranker"] = torch.optim.AdamW(_param_groups(
+                self.reranker, cfg.lr_reranker, cfg.weight_decay, ("classifier", "score"),
+                cfg.lr_head if not reranker.settings.trained else None))
+        self.schedulers = {k: _linear_schedule(o, warmup, self.total_steps) for k, o in self.optimizers.items()}
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _groups(self, micro: int) -> list[Group]:
+        epoch, j = divmod(micro, self.micro_per_epoch)
+        idx = self.sampler.order(epoch)[j * self.cfg.batch_size : (j + 1) * self.cfg.batch_size]
+        return [self.sampler.group(epoch, int(i)) for i in idx]
+
+    def _texts(self, groups: list[Group]) -> tuple[list[str], list[str], list[str]]:
+        queries = [g.query for g in groups]
+        passages = [self.corpus.text(pid) for g in groups for pid in g.pids]
+        pair_queries = [g.query for g in groups for _ in g.pids]
+        return queries, passages, pair_queries
+
+    def losses(self, s_de: Tensor | None, s_ce: Tensor | None, q: Tensor | None = None,
+               p: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms of the mode from (B, G) scores (and vectors for in-batch negatives)."""
+        cfg = self.cfg
+        terms: dict[str, Tensor] = {}
+        if cfg.mode == "retriever":
+            if cfg.in_batch_negatives and q is not None:
+                terms["retriever_ce"] = info_nce(q, p, cfg.list_size, cfg.temperature, in_batch=True)
+            else:
+                terms["retriever_ce"] = group_ce(s_de, cfg.temperature)
+        elif cfg.mode == "reranker":
+            terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
+        else:
+            teacher = s_ce if cfg.mode == "joint" else s_ce.detach()
+            terms["kl"] = cfg.kl_weight * rocketqa_kl(teacher, s_de, cfg.temperature, cfg.kl_direction,
+                                                      cfg.kl_reduction)
+            if cfg.mode == "joint":
+                terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
+            if cfg.retriever_ce_weight:
+                terms["retriever_ce"] = cfg.retriever_ce_weight * group_ce(s_de, cfg.temperature)
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    def micro_step(self, groups: list[Group], scale: float = 1.0) -> dict[str, float]:
+        """Forward and backward on one micro-batch of lists; returns the loss terms."""
+        queries, passages, pair_queries = self._texts(groups)
+        b, g = len(groups), self.cfg.list_size
+        chunk = self.cfg.chunk_size
+        q = p = s_de = s_ce = None
+        caches: list[CachedChunks] = []
+        if self.use_retriever:
+            if chunk:
+                cq = CachedChunks(self.retriever.embed_queries, queries, chunk)
+                cp = CachedChunks(self.retriever.embed_passages, passages, chunk)
+                caches += [cq, cp]
+                q, p = cq.value, cp.value
+            else:
+                q, p = self.retriever.embed_queries(queries), self.retriever.embed_passages(passages)
+            s_de = Retriever.list_scores(q, p)  # (B, G)
+        if self.use_reranker:
+            pairs = list(zip(pair_queries, passages))
+            fn = lambda ps: self.reranker.score([x for x, _ in ps], [y for _, y in ps])  # noqa: E731
+            if not self.train_reranker:
+                with torch.no_grad():
+                    s_ce = torch.cat([fn(pairs[i : i + (chunk or len(pairs))])
+                                      for i in range(0, len(pairs), chunk or len(pairs))])
+            elif chunk:
+                cc = CachedChunks(fn, pairs, chunk)
+                caches.append(cc)
+                s_ce = cc.value
+            else:
+                s_ce = fn(pairs)
+            s_ce = s_ce.view(b, g)  # (B, G)
+        terms = self.losses(s_de, s_ce, q, p)
+        (terms["loss"] * scale).backward()
+        for cache in caches:
+            cache.backward()
+        return {k: v.item() for k, v in terms.items()}
+
+    def optimizer_step(self) -> dict[str, float]:
+        norms = {}
+        for name, opt in self.optimizers.items():
+            model = self.retriever if name == "retriever" else self.reranker
+            if self.cfg.max_grad_norm > 0:
+                norms[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                                                  self.cfg.max_grad_norm))
+            opt.step()
+            self.schedulers[name].step()
+            opt.zero_grad(set_to_none=True)
+        return norms
+
+    # ---- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_heldout(self, batch_size: int = 16) -> dict[str, Any]:
+        """List metrics of both models on the held-out lists (same sampled lists every time)."""
+        if not self.heldout:
+            return {}
+        groups = [self.held_sampler.group(0, i) for i in range(len(self.heldout))]
+        out: dict[str, list[Tensor]] = {"retriever": [], "reranker": []}
+        models = [m for m in (self.retriever, self.reranker) if m is not None]
+        modes = [m.training for m in models]
+        for m in models:
+            m.eval()
+        try:
+            for i in range(0, len(groups), batch_size):
+                chunk = groups[i : i + batch_size]
+                queries, passages, pair_queries = self._texts(chunk)
+                if self.retriever is not None:
+                    out["retriever"].append(self.retriever.score(queries, passages).float().cpu())
+                if self.reranker is not None:
+                    out["reranker"].append(self.reranker.score(pair_queries, passages).view(len(chunk), -1).float().cpu())
+        finally:
+            for m, mode in zip(models, modes):
+                m.train(mode)
+        return {k: list_metrics(torch.cat(v)) for k, v in out.items() if v}
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        cfg = self.cfg.to_dict()
+        for k in ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "log_every", "device"):
+            cfg.pop(k)
+        return {"config": cfg, "lists": len(self.lists), "heldout": len(self.heldout)}
+
+    def save_checkpoint(self) -> Path:
+        tensors = {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                   "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+        if self.retriever is not None:
+            tensors["retriever"] = self.retriever.state_dict()
+        if self.reranker is not None and self.train_reranker:
+            tensors["reranker"] = self.reranker.state_dict()
+        return save_checkpoint(self.out / "checkpoints", self.step, tensors, self._fingerprint(),
+                               self.cfg.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint under ``out``, if there is one."""
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            return False
+        tensors, state = load_checkpoint(path, self._fingerprint())
+        if self.retriever is not None:
+            self.retriever.load_state_dict(tensors["retriever"])
+        if "reranker" in tensors:
+            self.reranker.load_state_dict(tensors["reranker"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(tensors["optimizers"][k])
+            self.schedulers[k].load_state_dict(tensors["schedulers"][k])
+        self.step = int(state["step"])
+        log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
+        return True
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _trim_log(self) -> None:
+        """After a resume, drop log lines past the checkpoint so the log has each step once."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= self.step]
+        path.write_text("".join(l + "\n" for l in keep))
+
+    def train(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Run to ``total_steps`` (or ``stop_after`` steps, for tests of killed runs) and save the models."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", self.cfg.to_dict())
+        if resume and self.resume():
+            self._trim_log()
+        elif (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()
+        for m in (self.retriever, self.reranker):
+            if m is not None:
+                m.train(m is self.retriever or self.train_reranker)
+        if self.step == 0:
+            held = self.evaluate_heldout()
+            if held:
+                self._log({"step": 0, "heldout": held})
+        t0, seqs, last = time.perf_counter(), 0, {}
+        per_list = self.cfg.list_size * (int(self.use_retriever) + int(self.use_reranker)) + int(self.use_retriever)
+        with progress_bar(self.total_steps, f"train ({self.cfg.mode})", self.progress, unit="step") as bar:
+            bar.update(self.step)
+            while self.step < self.total_steps:
+                if stop_after is not None and self.step >= stop_after:
+                    return TrainResult(self.step, time.perf_counter() - t0, 0.0, last, out=self.out)
+                sums: dict[str, float] = {}
+                for a in range(self.cfg.grad_accum):
+                    groups = self._groups(self.step * self.cfg.grad_accum + a)
+                    terms = self.micro_step(groups, 1.0 / self.cfg.grad_accum)
+                    seqs += len(groups) * per_list
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v / self.cfg.grad_accum
+                norms = self.optimizer_step()
+                self.step += 1
+                last = sums
+                record = {"step": self.step, **{k: round(v, 6) for k, v in sums.items()}, **norms,
+                          "lr": self.schedulers[next(iter(self.schedulers))].get_last_lr()[0]}
+                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.total_steps:
+                    record["heldout"] = self.evaluate_heldout()
+                if self.step % self.cfg.log_every == 0 or "heldout" in record:
+                    self._log(record)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items()})
+                bar.update(1)
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+        seconds = time.perf_counter() - t0
+        held = self.evaluate_heldout()
+        if held:
+            self._log({"step": self.step, "heldout": held, "final": True})
+        self.save_models()
+        self.save_checkpoint()
+        return TrainResult(self.step, seconds, seqs / max(seconds, 1e-9), last, held, self.out)
+
+    def save_models(self) -> None:
+        """``OUT/retriever`` and ``OUT/reranker``, each replaced atomically."""
+        if self.retriever is not None:
+            with atomic_dir(self.out / "retriever") as tmp:
+                self.retriever.save(tmp)
+        if self.reranker is not None and self.train_reranker:
+            self.reranker.settings.trained = True
+            with atomic_dir(self.out / "reranker") as tmp:
+                self.reranker.save(tmp)

@@ -1,0 +1,161 @@
+"""Training lists: one query, its positives and a pool of negatives (DESIGN.md section 4).
+
+On disk, JSON lines: ``{"qid", "query"?, "positives": [{"pid", "score"?, "pseudo"?}],
+"negatives": [{"pid", "score"?, "source"}]}``; texts are looked up in the corpus. The trainer
+draws one positive and ``m`` negatives per list each epoch from ``seed`` + epoch + list index,
+so a run replays (and resumes) without storing the samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from tandem.data.beir import iter_jsonl
+from tandem.data.types import Corpus, Qrels, Run
+from tandem.errors import DataFormatError, TandemError
+from tandem.io import atomic_open
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingList:
+    qid: str
+    positives: list[dict]
+    negatives: list[dict]
+    query: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict = {"qid": self.qid}
+        if self.query is not None:
+            out["query"] = self.query
+        out["positives"] = self.positives
+        out["negatives"] = self.negatives
+        return out
+
+
+def write_lists(path: str | Path, lists: Iterable[TrainingList]) -> None:
+    import json
+
+    with atomic_open(path) as f:
+        for lst in lists:
+            f.write(json.dumps(lst.to_json()) + "\n")
+
+
+def _entries(obj: dict, key: str, path, lineno: int) -> list[dict]:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise DataFormatError(path, f'"{key}" must be a list', lineno)
+    out = []
+    for e in value:
+        if isinstance(e, (str, int)):
+            e = {"pid": str(e)}
+        if not isinstance(e, dict) or "pid" not in e:
+            raise DataFormatError(path, f'each entry of "{key}" needs a "pid"', lineno)
+        out.append({**e, "pid": str(e["pid"])})
+    return out
+
+
+def read_lists(path: str | Path, corpus: Corpus, queries: Mapping[str, str]) -> list[TrainingList]:
+    """Read and validate training lists against the corpus and queries.
+
+    Raises:
+        DataFormatError: malformed line, unknown query, unknown passage ids, a list without positive
+            or without negatives (the message gives the first offending line and the total count).
+    """
+    lists: list[TrainingList] = []
+    problems: dict[str, list[int]] = {}
+    for lineno, obj in iter_jsonl(path):
+        if "qid" not in obj:
+            raise DataFormatError(path, 'missing "qid"', lineno)
+        qid = str(obj["qid"])
+        pos, neg = _entries(obj, "positives", path, lineno), _entries(obj, "negatives", path, lineno)
+        if qid not in queries and not obj.get("query"):
+            problems.setdefault(f"query id {qid!r} is not in queries.jsonl and the line has no \"query\"", []).append(lineno)
+        unknown = [e["pid"] for e in pos + neg if e["pid"] not in corpus]
+        if unknown:
+            problems.setdefault("passage ids not in the corpus (first: %r)" % unknown[0], []).append(lineno)
+        if not pos:
+            problems.setdefault("list has no positive", []).append(lineno)
+        if not neg:
+            problems.setdefault("list has no negatives", []).append(lineno)
+        lists.append(TrainingList(qid, pos, neg, obj.get("query")))
+    if problems:
+        parts = [f"{msg}: {len(lines)} lists, first on line {lines[0]}" for msg, lines in problems.items()]
+        raise DataFormatError(path, "; ".join(parts) + ". Were the lists built for this dataset?", problems[next(iter(problems))][0])
+    return lists
+
+
+def lists_from_run(run: Run, qrels: Qrels, corpus: Corpus, top_n: int = 50, source: str = "undenoised",
+                   queries: Mapping[str, str] | None = None) -> list[TrainingList]:
+    """Lists from a first-stage run: qrels positives, and the run's top-``n`` minus positives as negatives.
+
+    Queries without a positive in the corpus or without any negative are counted and left out.
+    """
+    from tandem.data.trec import ranked
+
+    lists, no_pos, no_neg = [], 0, 0
+    for qid, judged in qrels.items():
+        if queries is not None and qid not in queries:
+            continue
+        positives = [p for p, r in judged.items() if r > 0 and p in corpus]
+        if not positives:
+            no_pos += 1
+            continue
+        pos_set = set(positives)
+        negs = [{"pid": p, "score": s, "rank": r, "source": source}
+                for r, (p, s) in enumerate(ranked(run.get(qid, {}), top_n), start=1) if p not in pos_set]
+        if not negs:
+            no_neg += 1
+            continue
+        lists.append(TrainingList(qid, [{"pid": p} for p in positives], negs))
+    if no_pos or no_neg:
+        log.warning("lists: %d queries left out with no positive in the corpus, %d with no negative in the run",
+                    no_pos, no_neg)
+    return lists
+
+
+@dataclass
+class Group:
+    """One sampled list: a query and G passages, positive first."""
+
+    qid: str
+    query: str
+    pids: list[str]
+
+
+@dataclass
+class ListSampler:
+    """Draws groups of ``1 + negatives`` passages per list, deterministically from seed, epoch and index."""
+
+    lists: list[TrainingList]
+    queries: Mapping[str, str]
+    negatives: int
+    seed: int = 0
+    short_lists: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.negatives < 1:
+            raise TandemError(f"a list needs at least one negative; list size {self.negatives + 1}")
+        self.short_lists = sum(1 for lst in self.lists if len(lst.negatives) < self.negatives)
+        if self.short_lists:
+            log.warning("%d of %d lists have fewer than %d negatives; their negatives are drawn with replacement",
+                        self.short_lists, len(self.lists), self.negatives)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.lists))
+
+    def group(self, epoch: int, i: int) -> Group:
+        lst = self.lists[i]
+        rng = np.random.default_rng([self.seed, epoch, i, 7])
+        pos = lst.positives[int(rng.integers(len(lst.positives)))]["pid"]
+        pool = lst.negatives
+        replace = len(pool) < self.negatives
+        picks = rng.choice(len(pool), size=self.negatives, replace=replace)
+        query = lst.query if lst.query is not None else self.queries[lst.qid]
+        return Group(lst.qid, query, [pos] + [pool[int(j)]["pid"] for j in picks])

@@ -1,0 +1,57 @@
+"""Losses against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tandem.losses import group_ce, info_nce, list_kl, pointwise_bce, rocketqa_kl
+
+
+def test_group_ce_by_hand():
+    scores = torch.tensor([[2.0, 0.0, 0.0]])
+    expect = -math.log(math.exp(2) / (math.exp(2) + 2))
+    assert group_ce(scores).item() == pytest.approx(expect, rel=1e-6)
+    assert group_ce(scores * 2, tau=2.0).item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_kl_by_hand_and_reductions():
+    t = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    s = torch.log(torch.tensor([[0.25, 0.5, 0.25]]))
+    expect = 0.5 * math.log(2) + 0.25 * math.log(0.5)
+    assert list_kl(t, s).item() == pytest.approx(expect, rel=1e-6)
+    assert list_kl(t, s, reduction="mean").item() == pytest.approx(expect / 3, rel=1e-6)
+    assert list_kl(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    # direction: KL(P_ce || P_de) vs KL(P_de || P_ce); tau_de divides the retriever's scores
+    ce, de = t, s * 0.1
+    assert rocketqa_kl(ce, de, tau_de=0.1).item() == pytest.approx(expect, rel=1e-5)
+    reverse = 0.25 * math.log(0.5) + 0.5 * math.log(2)
+    assert rocketqa_kl(ce, de, tau_de=0.1, direction="de_to_ce").item() == pytest.approx(reverse, rel=1e-5)
+    with pytest.raises(ValueError):
+        rocketqa_kl(ce, de, direction="sideways")
+
+
+def test_kl_gradients_reach_both_sides():
+    ce = torch.randn(2, 4, requires_grad=True)
+    de = torch.randn(2, 4, requires_grad=True)
+    rocketqa_kl(ce, de).backward()
+    assert ce.grad.abs().sum() > 0 and de.grad.abs().sum() > 0
+
+
+def test_pointwise_bce_by_hand():
+    scores = torch.tensor([[0.0, 0.0]])
+    assert pointwise_bce(scores).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_info_nce_in_list_and_in_batch():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # lists of 2, positive first
+    in_list = info_nce(q, p, group_size=2)
+    expect = -math.log(math.e / (math.e + 1))
+    assert in_list.item() == pytest.approx(expect, rel=1e-6)
+    in_batch = info_nce(q, p, group_size=2, in_batch=True)
+    # query 0: scores [1, 0, 0, 1] (its positive is column 0); query 1: [0, 1, 1, 0] (positive column 2)
+    expect_b = -math.log(math.e / (2 * math.e + 2))
+    assert in_batch.item() == pytest.approx(expect_b, rel=1e-6)

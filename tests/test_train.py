@@ -1,0 +1,226 @@
+"""The trainer: gradient flow per mode, resume, gradient caching, bad input, saved models."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tandem.data import load_beir
+from tandem.errors import ConfigError, DataFormatError, IncompatibleArtifactError, TandemError
+from tandem.index.bm25 import bm25_search
+from tandem.models.reranker import Reranker
+from tandem.models.retriever import Retriever
+from tandem.train import Trainer, lists_from_run, load_config, read_lists, write_lists
+from tests.test_cli import tandem
+
+
+@pytest.fixture
+def setup(tiny_dataset, tiny_model_dir):
+    ds = load_beir(tiny_dataset, "train")
+    run = bm25_search(ds.corpus, ds.split_queries(), k=20)
+    lists = lists_from_run(run, ds.qrels, ds.corpus, top_n=10)
+    return ds, lists, tiny_model_dir
+
+
+def _cfg(**kw):
+    base = dict(list_size=4, batch_size=2, max_steps=2, query_max_length=16, passage_max_length=32,
+                reranker_max_length=48, allow_untrained_reranker=True, warmup_ratio=0.0)
+    return load_config(None, {**base, **kw})
+
+
+def _models(model_dir, cfg):
+    torch.manual_seed(0)
+    r = Retriever.from_pretrained(str(model_dir), temperature=cfg.temperature, query_max_length=16,
+                                  passage_max_length=32)
+    ce = Reranker.from_pretrained(str(model_dir), max_length=48)
+    return r, ce
+
+
+def _no_dropout(*models):
+    for m in models:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+
+
+def test_config_rejects_unknown_and_wrong_types(tmp_path):
+    assert load_config(None, ["list_size=16", "mode=static"]).list_size == 16
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(None, {"lsit_size": 3})
+    with pytest.raises(ConfigError, match="list_size: expected int"):
+        load_config(None, ["list_size=many"])
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        load_config(None, {"mode": "both"})
+    (tmp_path / "c.yaml").write_text("train:\n  list_size: 6\n  lr_retriever: 3.0e-5\n")
+    cfg = load_config(tmp_path / "c.yaml", ["seed=3"])
+    assert (cfg.list_size, cfg.lr_retriever, cfg.seed) == (6, 3e-5, 3)
+
+
+def test_new_reranker_head_is_flagged_and_refused_in_joint(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(allow_untrained_reranker=False)
+    r, ce = _models(model_dir, cfg)
+    assert ce.settings.trained is False
+    with pytest.raises(TandemError, match="untrained classification head.*--mode reranker"):
+        Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["joint", "static", "retriever", "reranker"])
+def test_gradients_and_steps_per_mode(setup, tmp_path, mode):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode=mode, max_steps=1)
+    r, ce = _models(model_dir, cfg)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False)
+    before = {n: copy.deepcopy(m.state_dict()) for n, m in (("r", r), ("ce", ce))}
+    trainer.micro_step(trainer._groups(0))
+    r_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in r.parameters())
+    ce_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in ce.parameters())
+    assert r_grad == (mode in ("joint", "static", "retriever"))
+    assert ce_grad == (mode in ("joint", "reranker"))  # static: the teacher gets no gradient
+    trainer.optimizer_step()
+    changed = {n: any(not torch.equal(v, m.state_dict()[k]) for k, v in before[n].items())
+               for n, m in (("r", r), ("ce", ce))}
+    assert changed["r"] == (mode != "reranker")
+    assert changed["ce"] == (mode in ("joint", "reranker"))
+
+
+def test_joint_kl_gradient_reaches_reranker(setup, tmp_path):
+    """Dynamic: with the re-ranker's own CE switched off, KL alone still moves the re-ranker."""
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="joint")
+    r, ce = _models(model_dir, cfg)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False)
+    s_de = torch.randn(2, 4, requires_grad=True)
+    s_ce = torch.randn(2, 4, requires_grad=True)
+    trainer.losses(s_de, s_ce)["kl"].backward()
+    assert s_ce.grad.abs().sum() > 0 and s_de.grad.abs().sum() > 0
+
+
+def test_chunked_gradients_equal_plain(setup, tmp_path):
+    ds, lists, model_dir = setup
+    grads = []
+    for chunk in (0, 3):
+        cfg = _cfg(mode="joint", chunk_size=chunk)
+        r, ce = _models(model_dir, cfg)
+        _no_dropout(r, ce)
+        trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / str(chunk), r, ce, progress=False)
+        terms = trainer.micro_step(trainer._groups(0))
+        grads.append((terms, {n: p.grad.clone() for n, p in list(r.named_parameters()) + list(ce.named_parameters())
+                              if p.grad is not None}))
+    (t0, g0), (t1, g1) = grads
+    assert t0["loss"] == pytest.approx(t1["loss"], rel=1e-5)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g0[name], g1[name], rtol=1e-3, atol=1e-5)  # padding widths differ per chunk
+
+
+def test_killed_run_resumes_to_same_weights(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="joint", max_steps=5, save_every=2, grad_accum=1)
+
+    def final_weights(out, stop_after=None):
+        r, ce = _models(model_dir, cfg)
+        t = Trainer(cfg, ds.corpus, ds.queries, lists, out, r, ce, progress=False)
+        if stop_after is not None:
+            t.train(stop_after=stop_after)  # "killed" after 3 steps: the latest checkpoint is step 2
+            r, ce = _models(model_dir, cfg)
+            t = Trainer(cfg, ds.corpus, ds.queries, lists, out, r, ce, progress=False)
+            t.train(resume=True)
+        else:
+            t.train()
+        return {**r.state_dict(), **{f"ce.{k}": v for k, v in ce.state_dict().items()}}
+
+    torch.manual_seed(1)
+    a = final_weights(tmp_path / "a")
+    torch.manual_seed(1)
+    b = final_weights(tmp_path / "b", stop_after=3)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(l)]
+    assert steps == [1, 2, 3, 4, 5]
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step-0000005"
+    # a checkpoint made with other settings is refused
+    other = load_config(None, {**cfg.to_dict(), "list_size": 3})
+    r, ce = _models(model_dir, other)
+    with pytest.raises(IncompatibleArtifactError, match="list_size"):
+        Trainer(other, ds.corpus, ds.queries, lists, tmp_path / "b", r, ce, progress=False).train(resume=True)
+
+
+def test_saved_models_load_in_sentence_transformers(setup, tmp_path):
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from transformers import AutoModelForSequenceClassification
+
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="joint", max_steps=1)
+    r, ce = _models(model_dir, cfg)
+    Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False).train()
+    texts = ["protein cell gene", "heart blood therapy"]
+    ours = Retriever.from_pretrained(tmp_path / "retriever")
+    st = SentenceTransformer(str(tmp_path / "retriever"), device="cpu")
+    np.testing.assert_allclose(ours.passage_tower().encode(texts), st.encode(texts), atol=1e-5)
+    back = Reranker.from_pretrained(tmp_path / "reranker")
+    assert back.settings.trained is True
+    pairs = [("protein cell", "protein cell gene cancer"), ("heart", "blood therapy risk")]
+    logits = back.predict(pairs)
+    cross = CrossEncoder(str(tmp_path / "reranker"), device="cpu")
+    theirs = cross.predict(pairs, activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(logits, theirs, atol=1e-5)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reranker").eval()
+    with torch.no_grad():
+        hf_logits = hf(**back.tokenize([q for q, _ in pairs], [p for _, p in pairs])).logits.squeeze(-1)
+    np.testing.assert_allclose(logits, hf_logits.numpy(), atol=1e-5)
+
+
+def test_separate_towers_save_and_load(tiny_model_dir, tmp_path):
+    r = Retriever.from_pretrained(str(tiny_model_dir), shared=False, query_prefix="query: ")
+    assert r.query_encoder is not r.passage_encoder
+    r.save(tmp_path / "r")
+    back = Retriever.from_pretrained(tmp_path / "r")
+    assert back.settings.shared is False and back.settings.query_prefix == "query: "
+    with torch.no_grad():
+        torch.testing.assert_close(back.score(["gene"], ["protein cell", "heart"]), r.score(["gene"], ["protein cell", "heart"]))
+
+
+def test_bad_lists(setup, tmp_path):
+    ds, lists, _ = setup
+    write_lists(tmp_path / "ok.jsonl", lists)
+    assert len(read_lists(tmp_path / "ok.jsonl", ds.corpus, ds.queries)) == len(lists)
+    cases = {
+        "unknown pid": ('{"qid": "q0", "positives": [{"pid": "nope"}], "negatives": [{"pid": "d1"}]}', "not in the corpus"),
+        "unknown qid": ('{"qid": "zz", "positives": [{"pid": "d1"}], "negatives": [{"pid": "d2"}]}', "not in queries.jsonl"),
+        "no positive": ('{"qid": "q0", "positives": [], "negatives": [{"pid": "d2"}]}', "no positive"),
+        "no negatives": ('{"qid": "q0", "positives": [{"pid": "d1"}], "negatives": []}', "no negatives"),
+    }
+    for name, (line, msg) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.jsonl"
+        path.write_text((tmp_path / "ok.jsonl").read_text() + line + "\n")
+        with pytest.raises(DataFormatError, match=msg) as err:
+            read_lists(path, ds.corpus, ds.queries)
+        assert err.value.line == len(lists) + 1
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataFormatError, match="empty"):
+        read_lists(tmp_path / "empty.jsonl", ds.corpus, ds.queries)
+
+
+def test_cli_train_reranker_then_joint(tiny_dataset, tiny_model_dir, tmp_path):
+    tandem("bm25", "--data", tiny_dataset, "--split", "train", "--out", tmp_path / "bm25.trec", "--k", 20)
+    common = ["--data", tiny_dataset, "list_size=4", "batch_size=2", "passage_max_length=32",
+              "reranker_max_length=48", "query_max_length=16"]
+    tandem("train", "--run", tmp_path / "bm25.trec", "--top-n", 10, "--mode", "reranker", "--out", tmp_path / "ce",
+           "--reranker", tiny_model_dir, *common, "max_steps=2")
+    assert (tmp_path / "ce" / "reranker" / "config.json").exists()
+    proc = tandem("train", "--lists", tmp_path / "ce" / "lists.jsonl", "--out", tmp_path / "joint",
+                  "--retriever", tiny_model_dir, "--reranker", tmp_path / "ce" / "reranker", *common, "max_steps=2",
+                  "heldout_fraction=0.2")
+    assert "held-out lists, retriever" in proc.stderr
+    for f in ("retriever/modules.json", "reranker/model.safetensors", "config.json", "metrics.jsonl",
+              "checkpoints/latest"):
+        assert (tmp_path / "joint" / f).exists(), f
+    bad = tandem("train", "--lists", tmp_path / "ce" / "lists.jsonl", "--out", tmp_path / "x", *common,
+                 "lsit_size=3", check=False)
+    assert bad.returncode == 2 and "unknown setting" in bad.stderr
