@@ -185,6 +185,32 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
               f"{time.perf_counter() - t0:.1f}s total)")
 
 
+@app.command("rerank")
+def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run."),
+               data: str = DataOpt,
+               split: str = typer.Option("test", help="Qrels split (only its queries' texts are needed)."),
+               reranker: Optional[str] = typer.Option(None, "--reranker", help="Cross-encoder id or directory."),
+               k: int = typer.Option(20, "--k", min=1, help="Candidates per query to re-score."),
+               out: Path = typer.Option(..., "--out", help="TREC run file to write."),
+               batch_size: int = typer.Option(32, "--batch-size", min=1),
+               progress: bool = ProgressOpt) -> None:
+    """Re-score the top-k of a run with a cross-encoder; writes a TREC run."""
+    from tandem.data import read_run, write_run
+    from tandem.models.reranker import Reranker
+    from tandem.rerank import rerank
+
+    t0 = time.perf_counter()
+    _, ds = _load_split(data, split)
+    model = Reranker.from_pretrained(reranker)
+    if not model.settings.trained:
+        log.warning("re-ranker %s has an untrained head: its scores are noise", model.name)
+    result = rerank(read_run(run), ds.queries, ds.corpus, model, k, batch_size, progress)
+    write_run(out, result, tag="tandem-rerank")
+    pairs = sum(len(v) for v in result.values())
+    dt = time.perf_counter() - t0
+    _echo_err(f"rerank: {pairs} pairs over {len(result)} queries -> {out} ({dt:.1f}s, {pairs / dt:.1f} pairs/s)")
+
+
 @app.command()
 def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
              qrels: Path = typer.Option(..., "--qrels", help="Qrels file (BEIR TSV or TREC)."),

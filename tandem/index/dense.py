@@ -68,8 +68,14 @@ def load_index_and_encoder(index_dir: str | os.PathLike, model: str | None = Non
                 f"{index_dir}: the index was built with model {info.get('model')!r} "
                 f"(fingerprint {info.get('model_fingerprint')}) but --model {model!r} has fingerprint {fp}. "
                 "Search with the model the index was built with (omit --model), or rebuild the index")
-    encoder = Encoder.from_pretrained(model or info["model"], pooling=info["pooling"], normalize=info["normalize"],
-                                      max_length=info["max_length"], prefix=info.get("prefix", ""))
+    name = model or info["model"]
+    from tandem.models.retriever import CONFIG_FILE, Retriever
+
+    if (Path(name) / CONFIG_FILE).exists():  # a tandem retriever: its query tower (length, prefix) encodes queries
+        encoder = Retriever.from_pretrained(name).query_tower()
+    else:
+        encoder = Encoder.from_pretrained(name, pooling=info["pooling"], normalize=info["normalize"],
+                                          max_length=info["max_length"], prefix=info.get("prefix", ""))
     if encoder.dim != index.index.d:
         raise IncompatibleArtifactError(f"{index_dir}: index dim {index.index.d} != model dim {encoder.dim}")
     return index, encoder

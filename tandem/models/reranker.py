@@ -32,6 +32,7 @@ class RerankerSettings:
     max_length: int = 256
     query_max_length: int = 64
     trained: bool = False  # False while the classification head is freshly initialised
+    architecture: str = "cross"  # cross: plain sequence classifier; gated: tandem.models.gated
 
 
 class Reranker(nn.Module):
@@ -55,6 +56,10 @@ class Reranker(nn.Module):
         name = resolve_model(name_or_dir)
         path = Path(name)
         recorded = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else {}
+        if recorded.get("architecture") == "gated":
+            from tandem.models.gated import GatedReranker
+
+            return GatedReranker.load(path, **overrides)
         try:
             with quiet_transformers():
                 model, info = AutoModelForSequenceClassification.from_pretrained(

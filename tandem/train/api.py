@@ -18,8 +18,13 @@ from tandem.utils import seed_everything
 log = logging.getLogger(__name__)
 
 
-def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None) -> tuple[Retriever | None, Reranker | None]:
-    """The models a mode needs, seeded so that new heads start the same for the same seed."""
+def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None,
+                corpus=None) -> tuple[Retriever | None, Reranker | None]:
+    """The models a mode needs, seeded so that new heads start the same for the same seed.
+
+    With ``reranker_arch=gated``, a re-ranker given as an encoder body (not a trained tandem
+    re-ranker) becomes a :class:`GatedReranker` with word-piece idf from ``corpus``.
+    """
     seed_everything(cfg.seed)
     r = ce = None
     if cfg.mode in ("joint", "static", "retriever"):
@@ -32,7 +37,18 @@ def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None) -
                                       query_max_length=cfg.query_max_length,
                                       passage_max_length=cfg.passage_max_length, **extra)
     if cfg.mode in ("joint", "static", "reranker"):
-        ce = Reranker.from_pretrained(reranker, max_length=cfg.reranker_max_length)
+        ce = None
+        if cfg.reranker_arch == "gated":
+            from tandem.models.gated import GatedReranker
+            from tandem.models.hf import resolve_model
+            from tandem.models.reranker import CONFIG_FILE
+
+            if not (Path(resolve_model(reranker)) / CONFIG_FILE).exists():
+                ce = GatedReranker.from_body(reranker, corpus=corpus, scale=1.0 / cfg.temperature,
+                                             gate_init=cfg.gate_init, max_length=cfg.reranker_max_length,
+                                             query_max_length=cfg.query_max_length)
+        if ce is None:
+            ce = Reranker.from_pretrained(reranker, max_length=cfg.reranker_max_length)
     return r, ce
 
 
@@ -58,6 +74,6 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
         write_lists(out / "lists.jsonl", training)
     if not training:
         raise TandemError("no training lists")
-    r, ce = load_models(cfg, retriever, reranker)
+    r, ce = load_models(cfg, retriever, reranker, ds.corpus)
     trainer = Trainer(cfg, ds.corpus, ds.queries, training, out, r, ce, progress=progress)
     return trainer.train(resume=resume)

@@ -31,6 +31,10 @@ class TrainConfig:
     lr_retriever: float = _f(2e-5, "AdamW learning rate of the retriever")
     lr_reranker: float = _f(2e-5, "AdamW learning rate of the re-ranker body")
     lr_head: float = _f(1e-3, "learning rate of the re-ranker's classification head")
+    lr_gate: float = _f(0.05, "gated re-ranker: learning rate of the cross-segment attention gates")
+    reranker_arch: str = _f("cross", "re-ranker built on an encoder body: cross (plain cross-encoder, new head) or "
+                                     "gated (starts equal to the bi-encoder; see tandem.models.gated)")
+    gate_init: float = _f(-8.0, "gated re-ranker: initial attention bias between query and passage segments")
     weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = _f(0.1, "fraction of steps of linear warm-up, then linear decay to 0")
     max_grad_norm: float = _f(1.0, "gradient clipping per model (0: off)")
@@ -65,6 +69,7 @@ class TrainConfig:
             (self.kl_direction in ("ce_to_de", "de_to_ce"), "kl_direction must be ce_to_de or de_to_ce"),
             (self.kl_reduction in ("batchmean", "mean"), "kl_reduction must be batchmean or mean"),
             (self.temperature > 0, "temperature must be > 0"),
+            (self.reranker_arch in ("cross", "gated"), "reranker_arch must be cross or gated"),
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
             (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),

@@ -39,7 +39,8 @@ from tandem.utils import progress_bar
 log = logging.getLogger(__name__)
 
 
-def _param_groups(model: torch.nn.Module, lr: float, wd: float, head_prefixes=(), head_lr: float | None = None):
+def _param_groups(model: torch.nn.Module, lr_of, wd: float):
+    """AdamW groups by (learning rate, decay); ``lr_of(name)`` gives each parameter's rate."""
     groups: dict[tuple[float, float], list] = {}
     seen = set()
     for name, p in model.named_parameters():
@@ -47,9 +48,24 @@ def _param_groups(model: torch.nn.Module, lr: float, wd: float, head_prefixes=()
             continue
         seen.add(id(p))
         decay = 0.0 if (p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name) else wd
-        rate = head_lr if head_lr is not None and any(h in name for h in head_prefixes) else lr
-        groups.setdefault((rate, decay), []).append(p)
+        groups.setdefault((lr_of(name), decay), []).append(p)
     return [{"params": ps, "lr": lr_, "weight_decay": d} for (lr_, d), ps in groups.items()]
+
+
+def reranker_lr(cfg: TrainConfig, reranker: Reranker):
+    """Body at lr_reranker; a new head (and the gated model's mixing weights) at lr_head; gates at lr_gate."""
+    new_head = not reranker.settings.trained
+
+    def lr_of(name: str) -> float:
+        if name == "gate":
+            return cfg.lr_gate
+        if not name.startswith("model."):
+            return cfg.lr_head
+        if new_head and name.startswith(("model.classifier", "model.score")):
+            return cfg.lr_head
+        return cfg.lr_reranker
+
+    return lr_of
 
 
 def _linear_schedule(optimizer, warmup: int, total: int):
@@ -124,11 +140,10 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         if self.use_retriever:
             self.optimizers["retriever"] = torch.optim.AdamW(
-                _param_groups(self.retriever, cfg.lr_retriever, cfg.weight_decay))
+                _param_groups(self.retriever, lambda _: cfg.lr_retriever, cfg.weight_decay))
         if self.train_reranker:
-            self.optimizers["reranker"] = torch.optim.AdamW(_param_groups(
-                self.reranker, cfg.lr_reranker, cfg.weight_decay, ("classifier", "score"),
-                cfg.lr_head if not reranker.settings.trained else None))
+            self.optimizers["reranker"] = torch.optim.AdamW(
+                _param_groups(self.reranker, reranker_lr(cfg, reranker), cfg.weight_decay))
         self.schedulers = {k: _linear_schedule(o, warmup, self.total_steps) for k, o in self.optimizers.items()}
         self.step = 0
         self.history: list[dict[str, Any]] = []

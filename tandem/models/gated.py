@@ -1,0 +1,180 @@
+"""A cross-encoder that starts out equal to the bi-encoder, for the re-ranker cold start.
+
+Input: ``[CLS] q [SEP] [CLS] p [SEP]``, each segment with positions from 0 and token type 0, as
+the bi-encoder sees it alone. Attention between the two segments passes through a learned gate:
+an additive bias ``g_h`` (one per head, shared by the layers) on the attention logits between
+tokens of different segments. At ``g_h = -inf`` the segments cannot see each other and the token
+states equal the bi-encoder's exactly; the gate starts at ``gate_init`` (e.g. -8), nearly closed
+but with gradient, and opens as training finds interactions worth having.
+
+score = scale * cos(mean(q tokens), mean(p tokens))     # the bi-encoder, scale = 1 / tau
+      + w_lex * lexical(q, p)                             # BM25 over word pieces (idf from the corpus)
+      + head(h_CLS)                                       # interaction head, zero at start
+
+``scale`` starts at 1/tau of the retriever, ``w_lex`` and the head at 0, so the initial ranking
+is the bi-encoder's own; listwise training then moves each part at its own learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tandem.models.encoder import pad_batch
+from tandem.errors import ModelLoadError
+from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
+from tandem.models.pooling import pool
+from tandem.models.reranker import CONFIG_FILE, Reranker, RerankerSettings
+
+HEAD_FILE = "gated_head.pt"
+IDF_FILE = "idf.npy"
+
+
+def wordpiece_idf(tokenizer, texts: Iterable[str], batch: int = 2048) -> tuple[np.ndarray, float]:
+    """BM25 idf per vocabulary id over ``texts`` and their mean length in word pieces."""
+    df = np.zeros(len(tokenizer), dtype=np.float64)
+    n, total = 0, 0
+    buf: list[str] = []
+
+    def flush():
+        nonlocal n, total
+        for ids in tokenizer(buf, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
+            df[np.unique(ids)] += 1
+            total += len(ids)
+            n += 1
+        buf.clear()
+
+    for t in texts:
+        buf.append(t)
+        if len(buf) >= batch:
+            flush()
+    if buf:
+        flush()
+    idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+    return idf.astype(np.float32), total / max(n, 1)
+
+
+class GatedReranker(Reranker):
+    """See the module docstring. ``settings.architecture == "gated"``."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, settings: RerankerSettings, name: str = "",
+                 idf: np.ndarray | None = None, avg_len: float = 0.0, scale: float = 20.0,
+                 gate_init: float = -8.0, pooling: str = "mean"):
+        super().__init__(backbone, tokenizer, settings, name)
+        heads = backbone.config.num_attention_heads
+        hidden = backbone.config.hidden_size
+        self.pooling = pooling
+        self.gate = nn.Parameter(torch.full((heads,), float(gate_init)))
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.w_lex = nn.Parameter(torch.tensor(0.0))
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.idf = idf  # (V,) float32 or None
+        self.avg_len = float(avg_len)
+        self.k1, self.b = 1.2, 0.75
+
+    @classmethod
+    def from_body(cls, name_or_dir: str | os.PathLike | None = None, corpus: Iterable[str] | None = None,
+                  scale: float = 20.0, gate_init: float = -8.0, **settings) -> "GatedReranker":
+        """A new gated re-ranker on an encoder body (``None``: the default model); idf from ``corpus``."""
+        name = resolve_model(name_or_dir)
+        tokenizer = load_tokenizer(name)
+        idf, avg = wordpiece_idf(tokenizer, corpus) if corpus is not None else (None, 0.0)
+        s = RerankerSettings(**{k: v for k, v in settings.items() if v is not None}, trained=False,
+                             architecture="gated")
+        from tandem.models.encoder import read_st_settings
+
+        pooling = read_st_settings(Path(name)).get("pooling", "mean") if Path(name).is_dir() else "mean"
+        return cls(load_backbone(name), tokenizer, s, name, idf, avg, scale, gate_init, pooling)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **overrides) -> "GatedReranker":
+        path = Path(path)
+        info = json.loads((path / CONFIG_FILE).read_text())
+        extra = info.pop("gated", {})
+        s = RerankerSettings(**{**info, **{k: v for k, v in overrides.items() if v is not None}})
+        idf = np.load(path / IDF_FILE) if (path / IDF_FILE).exists() else None
+        model = cls(load_backbone(str(path)), load_tokenizer(str(path)), s, str(path), idf, extra.get("avg_len", 0.0),
+                    pooling=extra.get("pooling", "mean"))
+        extras = torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True)
+        missing = set(extras) ^ {k for k in model.state_dict() if not k.startswith("model.")}
+        if missing:
+            raise ModelLoadError(f"{path / HEAD_FILE}: parameters do not match the gated re-ranker: {sorted(missing)}")
+        model.load_state_dict(extras, strict=False)
+        return model
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, Tensor]:
+        s = self.settings
+        tok = self.tokenizer
+        q_ids = tok(list(queries), add_special_tokens=False, truncation=True, max_length=s.query_max_length - 2,
+                    return_attention_mask=False)["input_ids"]
+        p_ids = tok(list(passages), add_special_tokens=False, truncation=True, max_length=s.max_length,
+                    return_attention_mask=False)["input_ids"]
+        ids, segs, pos, lex = [], [], [], []
+        for q, p in zip(q_ids, p_ids):
+            p = p[: max(1, s.max_length - len(q) - 4)]
+            ids.append([tok.cls_token_id, *q, tok.sep_token_id, tok.cls_token_id, *p, tok.sep_token_id])
+            segs.append([1] * (len(q) + 2) + [2] * (len(p) + 2))
+            pos.append(list(range(len(q) + 2)) + list(range(len(p) + 2)))
+            lex.append(self._lexical(q, p))
+        batch = pad_batch(ids, tok.pad_token_id or 0, self.device, token_types=segs)
+        batch["segments"] = batch.pop("token_type_ids")  # 0 marks padding
+        batch["position_ids"] = pad_batch(pos, 0, self.device)["input_ids"]
+        batch["lexical"] = torch.tensor(lex, dtype=torch.float32, device=self.device)
+        return batch
+
+    def _lexical(self, q: list[int], p: list[int]) -> float:
+        """BM25 of the passage for the query, over word pieces (0 when no idf is stored)."""
+        if self.idf is None or not p:
+            return 0.0
+        tf = Counter(p)
+        norm = self.k1 * (1 - self.b + self.b * len(p) / max(self.avg_len, 1.0))
+        return float(sum(self.idf[t] * tf[t] * (self.k1 + 1) / (tf[t] + norm) for t in set(q) if t in tf))
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, segments: Tensor, position_ids: Tensor,
+                lexical: Tensor) -> Tensor:
+        cross = (segments[:, :, None] != segments[:, None, :]).to(self.gate.dtype)  # (B, L, L)
+        bias = cross[:, None] * self.gate[None, :, None, None]  # (B, H, L, L)
+        neg = torch.finfo(bias.dtype).min
+        bias = bias.masked_fill(attention_mask[:, None, None, :] == 0, neg)
+        out = self.model(input_ids=input_ids, attention_mask=bias, position_ids=position_ids,
+                         token_type_ids=torch.zeros_like(input_ids))
+        h = out.last_hidden_state  # (B, L, H)
+        if self.pooling == "mean":
+            q = pool(h, (segments == 1).long(), "mean")  # (B, H)
+            p = pool(h, (segments == 2).long(), "mean")  # (B, H)
+        else:
+            q = h[:, 0]
+            p = h[torch.arange(h.size(0), device=h.device), (segments == 1).sum(1)]  # the passage's [CLS]
+        cos = nn.functional.cosine_similarity(q, p, dim=-1)  # (B,)
+        return self.scale * cos + self.w_lex * lexical + self.head(h[:, 0]).squeeze(-1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        extras = {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+        torch.save(extras, path / HEAD_FILE)
+        if self.idf is not None:
+            np.save(path / IDF_FILE, self.idf)
+        from dataclasses import asdict
+
+        info = {**asdict(self.settings), "gated": {"avg_len": self.avg_len, "pooling": self.pooling}}
+        (path / CONFIG_FILE).write_text(json.dumps(info, indent=2))
+
+    def describe(self) -> dict[str, float]:
+        """The learned mixing weights, for logs and model cards."""
+        return {"gate_mean": float(self.gate.mean()), "gate_max": float(self.gate.max()),
+                "scale": float(self.scale), "w_lex": float(self.w_lex),
+                "head_norm": float(self.head.weight.norm())}

@@ -1,0 +1,30 @@
+"""Second stage: re-score the top-k of a first-stage run with a cross-encoder."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from tandem.data.trec import ranked
+from tandem.data.types import Corpus, Run
+from tandem.models.reranker import Reranker
+
+
+def rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, reranker: Reranker, k: int = 20,
+           batch_size: int = 32, progress: bool = False) -> Run:
+    """A run holding, per query, the first stage's top-``k`` re-scored by ``reranker`` (logits).
+
+    Queries without text in ``queries`` are left out; passages below rank ``k`` are dropped, as a
+    re-ranked list is only meaningful over the candidates it saw.
+    """
+    pairs, keys = [], []
+    for qid, docs in run.items():
+        if qid not in queries:
+            continue
+        for pid, _ in ranked(docs, k):
+            pairs.append((queries[qid], corpus.text(pid)))
+            keys.append((qid, pid))
+    scores = reranker.predict(pairs, batch_size=batch_size, progress=progress) if pairs else []
+    out: Run = {}
+    for (qid, pid), s in zip(keys, scores):
+        out.setdefault(qid, {})[pid] = float(s)
+    return out

@@ -1,0 +1,78 @@
+"""The gated re-ranker starts equal to the bi-encoder and learns from there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tandem.models.encoder import Encoder
+from tandem.models.gated import GatedReranker, wordpiece_idf
+from tandem.models.reranker import Reranker
+
+QUERIES = ["protein cell", "heart blood therapy", "gene"]
+PASSAGES = ["protein cell gene cancer virus", "risk patient study", "mouse human tumor gene signal"]
+
+
+def _bi_encoder_cos(model_dir, queries, passages):
+    enc = Encoder.from_pretrained(str(model_dir))
+    q, p = enc.encode(queries), enc.encode(passages)
+    return (q * p).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(p, axis=1)
+
+
+def test_closed_gate_equals_bi_encoder(tiny_model_dir):
+    ce = GatedReranker.from_body(str(tiny_model_dir), scale=20.0, gate_init=-1e4, max_length=64,
+                                 query_max_length=16).eval()
+    with torch.no_grad():
+        scores = ce.score(QUERIES, PASSAGES).numpy()
+    np.testing.assert_allclose(scores, 20.0 * _bi_encoder_cos(tiny_model_dir, QUERIES, PASSAGES), atol=1e-4)
+    # nearly closed (the default start) stays close, yet the gate has a gradient
+    ce = GatedReranker.from_body(str(tiny_model_dir), scale=20.0, gate_init=-8.0, max_length=64,
+                                 query_max_length=16).eval()
+    out = ce.score(QUERIES, PASSAGES)
+    np.testing.assert_allclose(out.detach().numpy(), scores, atol=0.05)
+    out.sum().backward()
+    assert ce.gate.grad is not None and ce.gate.grad.abs().sum() > 0
+    assert ce.head.weight.grad.abs().sum() > 0
+
+
+def test_wordpiece_idf_and_lexical_term(tiny_model_dir):
+    ce = GatedReranker.from_body(str(tiny_model_dir), corpus=PASSAGES * 3 + ["unrelated words here"], max_length=64)
+    assert ce.idf is not None and ce.avg_len > 0
+    gene = ce.tokenizer.convert_tokens_to_ids("gene")
+    heart = ce.tokenizer.convert_tokens_to_ids("heart")
+    assert ce.idf[heart] > ce.idf[gene]  # 'heart' is in no passage, 'gene' in two of four
+    batch = ce.tokenize(["gene heart"], ["gene gene mouse"])
+    assert batch["lexical"].item() > 0
+    assert ce.tokenize(["heart"], ["gene mouse"])["lexical"].item() == 0.0
+    idf, avg = wordpiece_idf(ce.tokenizer, ["gene", "gene mouse"])
+    n, df = 2, 2
+    assert idf[gene] == pytest.approx(np.log(1 + (n - df + 0.5) / (df + 0.5)), rel=1e-6)
+    assert avg == 1.5
+
+
+def test_save_and_load_through_reranker(tiny_model_dir, tmp_path):
+    ce = GatedReranker.from_body(str(tiny_model_dir), corpus=PASSAGES, max_length=64)
+    with torch.no_grad():
+        ce.gate.fill_(-3.0)
+        ce.w_lex.fill_(0.5)
+        ce.head.weight.normal_()
+    ce.save(tmp_path / "g")
+    back = Reranker.from_pretrained(tmp_path / "g")
+    assert isinstance(back, GatedReranker) and back.settings.architecture == "gated"
+    pairs = list(zip(QUERIES, PASSAGES))
+    np.testing.assert_allclose(back.predict(pairs), ce.predict(pairs), atol=1e-5)
+
+
+def test_trains_in_reranker_mode(tiny_dataset, tiny_model_dir, tmp_path):
+
+    from tests.test_cli import tandem
+
+    tandem("bm25", "--data", tiny_dataset, "--split", "train", "--out", tmp_path / "bm25.trec", "--k", 20)
+    proc = tandem("train", "--data", tiny_dataset, "--run", tmp_path / "bm25.trec", "--top-n", 10, "--mode",
+                  "reranker", "--reranker", tiny_model_dir, "--out", tmp_path / "g", "reranker_arch=gated",
+                  "list_size=4", "batch_size=2", "max_steps=3", "reranker_max_length=48")
+    back = Reranker.from_pretrained(tmp_path / "g" / "reranker")
+    assert isinstance(back, GatedReranker) and back.settings.trained
+    assert (back.gate != -8.0).any()  # the gate moved
+    assert "3 steps" in proc.stderr
