@@ -45,6 +45,15 @@ def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
     assert set(both[str(tmp_path / "dense.trec")]) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
     table = tandem("evaluate", tmp_path / "bm25.trec", tmp_path / "dense.trec", "--qrels", qrels).stdout
     assert "bm25.trec" in table and "dense.trec" in table and "nDCG@10" in table
+    proc = tandem("rerank", "--run", tmp_path / "bm25.trec", "--data", tiny_dataset, "--reranker", tiny_model_dir,
+                  "--k", 5, "--out", tmp_path / "rr.trec")
+    assert "untrained head" in proc.stderr
+    from tandem.data import ranked, read_run
+
+    reranked, first = read_run(tmp_path / "rr.trec"), read_run(tmp_path / "bm25.trec")
+    assert set(reranked) == set(first)
+    for qid, docs in reranked.items():  # the re-ranked list holds exactly the first stage's top-5
+        assert set(docs) == {pid for pid, _ in ranked(first[qid], 5)}
     hits = tandem("search", "--index", tmp_path / "idx", "--query", "protein cell gene", "--k", 3,
                   "--data", tiny_dataset).stdout.splitlines()
     assert len(hits) == 3 and hits[0].split()[0] == "1"

@@ -219,7 +219,7 @@ def test_cli_train_reranker_then_joint(tiny_dataset, tiny_model_dir, tmp_path):
                   "heldout_fraction=0.2")
     assert "held-out lists, retriever" in proc.stderr
     for f in ("retriever/modules.json", "reranker/model.safetensors", "config.json", "metrics.jsonl",
-              "checkpoints/latest"):
+              "checkpoints/latest", "retriever/README.md", "reranker/README.md"):
         assert (tmp_path / "joint" / f).exists(), f
     bad = tandem("train", "--lists", tmp_path / "ce" / "lists.jsonl", "--out", tmp_path / "x", *common,
                  "lsit_size=3", check=False)

@@ -350,16 +350,23 @@ class Trainer:
         held = self.evaluate_heldout()
         if held:
             self._log({"step": self.step, "heldout": held, "final": True})
-        self.save_models()
+        self.save_models(held)
         self.save_checkpoint()
         return TrainResult(self.step, seconds, seqs / max(seconds, 1e-9), last, held, self.out)
 
-    def save_models(self) -> None:
-        """``OUT/retriever`` and ``OUT/reranker``, each replaced atomically."""
+    def save_models(self, heldout: dict[str, Any] | None = None) -> None:
+        """``OUT/retriever`` and ``OUT/reranker`` with model cards, each replaced atomically."""
+        from tandem.models.card import write_card
+
+        settings = self.cfg.to_dict()
         if self.retriever is not None:
             with atomic_dir(self.out / "retriever") as tmp:
                 self.retriever.save(tmp)
+                metrics = {"heldout_lists": heldout.get("retriever")} if heldout else None
+                write_card(tmp, "retriever", self.retriever.query_encoder.name, settings, metrics)
         if self.reranker is not None and self.train_reranker:
             self.reranker.settings.trained = True
             with atomic_dir(self.out / "reranker") as tmp:
                 self.reranker.save(tmp)
+                metrics = {"heldout_lists": heldout.get("reranker")} if heldout else None
+                write_card(tmp, "reranker", self.reranker.name, settings, metrics, self.reranker.settings.architecture)
