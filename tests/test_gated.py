@@ -76,3 +76,18 @@ def test_trains_in_reranker_mode(tiny_dataset, tiny_model_dir, tmp_path):
     assert isinstance(back, GatedReranker) and back.settings.trained
     assert (back.gate != -8.0).any()  # the gate moved
     assert "3 steps" in proc.stderr
+
+
+def test_fit_mixing_lowers_list_loss(tiny_model_dir):
+    """On lists where the lexical overlap marks the positive, the fit raises w_lex and lowers the CE."""
+    corpus = ["protein cell gene", "heart blood risk", "mouse tumor dose", "sleep diet insulin"] * 3
+    ce = GatedReranker.from_body(str(tiny_model_dir), corpus=corpus, max_length=64)
+    queries, passages = [], []
+    for i in range(4):
+        q = corpus[i]
+        queries += [q] * 4
+        passages += [corpus[i]] + [corpus[j] for j in range(4) if j != i]
+    fit = ce.fit_mixing(queries, passages, group_size=4)
+    assert fit["ce_after"] < fit["ce_before"]
+    assert fit["w_lex"] > 0 and fit["lists"] == 4
+    assert ce.w_lex.item() == pytest.approx(fit["w_lex"])

@@ -18,6 +18,7 @@ is the bi-encoder's own; listwise training then moves each part at its own learn
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -143,6 +144,12 @@ class GatedReranker(Reranker):
     # ---- scoring ----------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, attention_mask: Tensor, segments: Tensor, position_ids: Tensor,
                 lexical: Tensor) -> Tensor:
+        cos, head = self._parts(input_ids, attention_mask, segments, position_ids)
+        return self.scale * cos + self.w_lex * lexical + head
+
+    def _parts(self, input_ids: Tensor, attention_mask: Tensor, segments: Tensor,
+               position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Cosine of the two segments (N,) and the interaction head's output (N,)."""
         cross = (segments[:, :, None] != segments[:, None, :]).to(self.gate.dtype)  # (B, L, L)
         bias = cross[:, None] * self.gate[None, :, None, None]  # (B, H, L, L)
         neg = torch.finfo(bias.dtype).min
@@ -157,7 +164,7 @@ class GatedReranker(Reranker):
             q = h[:, 0]
             p = h[torch.arange(h.size(0), device=h.device), (segments == 1).sum(1)]  # the passage's [CLS]
         cos = nn.functional.cosine_similarity(q, p, dim=-1)  # (B,)
-        return self.scale * cos + self.w_lex * lexical + self.head(h[:, 0]).squeeze(-1)
+        return cos, self.head(h[:, 0]).squeeze(-1)
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -172,6 +179,52 @@ class GatedReranker(Reranker):
 
         info = {**asdict(self.settings), "gated": {"avg_len": self.avg_len, "pooling": self.pooling}}
         (path / CONFIG_FILE).write_text(json.dumps(info, indent=2))
+
+    @torch.no_grad()
+    def fit_mixing(self, queries: Sequence[str], passages: Sequence[str], group_size: int,
+                   batch_size: int = 32) -> dict[str, float]:
+        """Fit ``scale`` and ``w_lex`` to lists (positive first), the body fixed: listwise CE by LBFGS.
+
+        ``queries`` and ``passages`` are pairs, ``group_size`` consecutive pairs per list. Cheap (one
+        forward pass per pair) and it starts training from the best mix of bi-encoder and BM25.
+        """
+        was_training = self.training
+        self.eval()
+        cos, head, lex = [], [], []
+        try:
+            for i in range(0, len(queries), batch_size):
+                batch = self.tokenize(queries[i : i + batch_size], passages[i : i + batch_size])
+                c, h = self._parts(**{k: v for k, v in batch.items() if k != "lexical"})
+                cos.append(c), head.append(h), lex.append(batch["lexical"])
+        finally:
+            self.train(was_training)
+        c = torch.cat(cos).view(-1, group_size)  # (B, G)
+        h = torch.cat(head).view(-1, group_size)  # (B, G)
+        x = torch.cat(lex).view(-1, group_size)  # (B, G)
+        labels = torch.zeros(c.size(0), dtype=torch.long)
+        params = torch.stack([self.scale.detach(), self.w_lex.detach()]).clone().requires_grad_()
+
+        def loss_of(p: Tensor) -> Tensor:
+            return nn.functional.cross_entropy(p[0] * c + p[1] * x + h, labels)
+
+        before = loss_of(params).item()
+        opt = torch.optim.LBFGS([params], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = loss_of(params)
+                loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        after = loss_of(params).item()
+        if math.isfinite(after) and after < before:
+            self.scale.copy_(params[0].detach())
+            self.w_lex.copy_(params[1].detach())
+        return {"ce_before": before, "ce_after": min(before, after), "scale": float(self.scale),
+                "w_lex": float(self.w_lex), "lists": int(c.size(0))}
 
     def describe(self) -> dict[str, float]:
         """The learned mixing weights, for logs and model cards."""

@@ -31,7 +31,10 @@ class TrainConfig:
     lr_retriever: float = _f(2e-5, "AdamW learning rate of the retriever")
     lr_reranker: float = _f(2e-5, "AdamW learning rate of the re-ranker body")
     lr_head: float = _f(1e-3, "learning rate of the re-ranker's classification head")
-    lr_gate: float = _f(0.05, "gated re-ranker: learning rate of the cross-segment attention gates")
+    lr_gate: float = _f(0.05, "gated re-ranker: learning rate of its scalars (attention gates, cosine scale, "
+                              "lexical weight)")
+    fit_mixing_lists: int = _f(64, "gated re-ranker with a new head: fit cosine scale and lexical weight on this "
+                                   "many training lists before the first step (0: off)")
     reranker_arch: str = _f("cross", "re-ranker built on an encoder body: cross (plain cross-encoder, new head) or "
                                      "gated (starts equal to the bi-encoder; see tandem.models.gated)")
     gate_init: float = _f(-8.0, "gated re-ranker: initial attention bias between query and passage segments")

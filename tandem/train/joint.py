@@ -57,7 +57,7 @@ def reranker_lr(cfg: TrainConfig, reranker: Reranker):
     new_head = not reranker.settings.trained
 
     def lr_of(name: str) -> float:
-        if name == "gate":
+        if name in ("gate", "scale", "w_lex"):
             return cfg.lr_gate
         if not name.startswith("model."):
             return cfg.lr_head
@@ -315,6 +315,14 @@ class Trainer:
         for m in (self.retriever, self.reranker):
             if m is not None:
                 m.train(m is self.retriever or self.train_reranker)
+        if self.step == 0 and self.cfg.fit_mixing_lists and self.train_reranker \
+                and hasattr(self.reranker, "fit_mixing") and not self.reranker.settings.trained:
+            # subtle: an epoch number training never reaches, so the training order and samples stay the same
+            groups = [self.sampler.group(10**6, int(i)) for i in self.sampler.order(10**6)[: self.cfg.fit_mixing_lists]]
+            _, passages, pair_queries = self._texts(groups)
+            fit = self.reranker.fit_mixing(pair_queries, passages, self.cfg.list_size)
+            log.info("gated re-ranker mixing fitted on %d lists: %s", fit["lists"], fit)
+            self._log({"step": 0, "fit_mixing": fit})
         if self.step == 0:
             held = self.evaluate_heldout()
             if held:
