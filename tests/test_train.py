@@ -224,3 +224,21 @@ def test_cli_train_reranker_then_joint(tiny_dataset, tiny_model_dir, tmp_path):
     bad = tandem("train", "--lists", tmp_path / "ce" / "lists.jsonl", "--out", tmp_path / "x", *common,
                  "lsit_size=3", check=False)
     assert bad.returncode == 2 and "unknown setting" in bad.stderr
+
+
+def test_kl_gate_keeps_kl_off_the_retriever_until_the_reranker_wins(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="joint", kl_gate=True, heldout_fraction=0.3)
+    r, ce = _models(model_dir, cfg)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False)
+    assert trainer.gate_open is False
+    trainer.micro_step(trainer._groups(0))
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in r.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ce.parameters())
+    held = trainer.evaluate_heldout()
+    assert trainer.gate_open == (held["reranker"]["nDCG@10"] > held["retriever"]["nDCG@10"])
+    trainer.gate_open = True
+    trainer.micro_step(trainer._groups(0))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in r.parameters())
+    with pytest.raises(ConfigError, match="kl_gate needs heldout_fraction"):
+        _cfg(kl_gate=True)

@@ -45,6 +45,8 @@ class TrainConfig:
     kl_direction: str = _f("ce_to_de", "ce_to_de: KL(P_ce || P_de) as the paper's code; de_to_ce: the reverse")
     kl_reduction: str = _f("batchmean", "batchmean: per-query KL averaged; mean: divided by list size too (Paddle)")
     kl_weight: float = _f(1.0, "weight of the KL term")
+    kl_gate: bool = _f(False, "the KL term reaches the retriever only while the re-ranker beats it on held-out "
+                              "lists (checked at each evaluation; needs heldout_fraction > 0)")
     retriever_ce_weight: float = _f(0.0, "weight of an extra listwise CE on the retriever's own scores")
     in_batch_negatives: bool = _f(False, "retriever mode: other queries' passages as negatives too")
     query_max_length: int = _f(64, "max query tokens (retriever)")
@@ -76,6 +78,7 @@ class TrainConfig:
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
             (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (not self.kl_gate or self.heldout_fraction > 0, "kl_gate needs heldout_fraction > 0"),
             (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
         ]
         for ok, msg in checks:

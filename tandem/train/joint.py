@@ -146,6 +146,7 @@ class Trainer:
                 _param_groups(self.reranker, reranker_lr(cfg, reranker), cfg.weight_decay))
         self.schedulers = {k: _linear_schedule(o, warmup, self.total_steps) for k, o in self.optimizers.items()}
         self.step = 0
+        self.gate_open = not cfg.kl_gate  # with kl_gate, closed until the re-ranker beats the retriever
         self.history: list[dict[str, Any]] = []
 
     # ---- one step ---------------------------------------------------------------------------
@@ -174,7 +175,8 @@ class Trainer:
             terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
         else:
             teacher = s_ce if cfg.mode == "joint" else s_ce.detach()
-            terms["kl"] = cfg.kl_weight * rocketqa_kl(teacher, s_de, cfg.temperature, cfg.kl_direction,
+            student = s_de if self.gate_open else s_de.detach()  # a closed gate keeps KL off the retriever
+            terms["kl"] = cfg.kl_weight * rocketqa_kl(teacher, student, cfg.temperature, cfg.kl_direction,
                                                       cfg.kl_reduction)
             if cfg.mode == "joint":
                 terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
@@ -232,9 +234,15 @@ class Trainer:
         return norms
 
     # ---- evaluation -------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate_heldout(self, batch_size: int = 16) -> dict[str, Any]:
-        """List metrics of both models on the held-out lists (same sampled lists every time)."""
+        """List metrics of both models on the held-out lists; with ``kl_gate``, opens or closes the gate."""
+        held = self._heldout_metrics(batch_size)
+        if self.cfg.kl_gate and "retriever" in held and "reranker" in held:
+            self.gate_open = held["reranker"]["nDCG@10"] > held["retriever"]["nDCG@10"]
+        return held
+
+    @torch.no_grad()
+    def _heldout_metrics(self, batch_size: int) -> dict[str, Any]:
         if not self.heldout:
             return {}
         groups = [self.held_sampler.group(0, i) for i in range(len(self.heldout))]
@@ -270,8 +278,8 @@ class Trainer:
             tensors["retriever"] = self.retriever.state_dict()
         if self.reranker is not None and self.train_reranker:
             tensors["reranker"] = self.reranker.state_dict()
-        return save_checkpoint(self.out / "checkpoints", self.step, tensors, self._fingerprint(),
-                               self.cfg.keep_checkpoints)
+        return save_checkpoint(self.out / "checkpoints", self.step, tensors,
+                               {**self._fingerprint(), "gate_open": self.gate_open}, self.cfg.keep_checkpoints)
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint under ``out``, if there is one."""
@@ -287,6 +295,7 @@ class Trainer:
             o.load_state_dict(tensors["optimizers"][k])
             self.schedulers[k].load_state_dict(tensors["schedulers"][k])
         self.step = int(state["step"])
+        self.gate_open = bool(state.get("gate_open", not self.cfg.kl_gate))
         log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
         return True
 
@@ -348,6 +357,8 @@ class Trainer:
                           "lr": self.schedulers[next(iter(self.schedulers))].get_last_lr()[0]}
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.total_steps:
                     record["heldout"] = self.evaluate_heldout()
+                if self.cfg.kl_gate:
+                    record["kl_gate_open"] = self.gate_open
                 if self.step % self.cfg.log_every == 0 or "heldout" in record:
                     self._log(record)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items()})
