@@ -145,6 +145,8 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
            data: Optional[str] = typer.Option(None, "--data", help="Dataset whose split queries are searched."),
            split: str = typer.Option("test", help="Qrels split whose queries are searched."),
            query: Optional[str] = typer.Option(None, "--query", help="Search one free-text query and print results."),
+           queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search a query file: BEIR queries.jsonl "
+                                                                               "or a TSV of id<TAB>text."),
            k: int = typer.Option(100, "--k", min=1, help="Passages per query."),
            out: Optional[Path] = typer.Option(None, "--out", help="TREC run file to write."),
            model: Optional[str] = typer.Option(None, help="Query encoder; must be the model the index was built with "
@@ -155,8 +157,8 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     from tandem.data import write_run
     from tandem.index.dense import dense_search, load_index_and_encoder
 
-    if query is None and data is None:
-        raise TandemError("give --data DIR (searches the split's queries) or --query TEXT")
+    if query is None and data is None and queries_file is None:
+        raise TandemError("give --data DIR (searches the split's queries), --queries FILE or --query TEXT")
     if query is not None and not query.strip():
         raise TandemError("--query is empty")
     t0 = time.perf_counter()
@@ -173,13 +175,19 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
         if out:
             write_run(out, run, tag="tandem-dense")
         return
-    _, ds = _load_split(data, split)
-    queries = ds.split_queries()
+    if queries_file is not None:
+        from tandem.data import load_queries, load_queries_tsv
+
+        is_jsonl = queries_file.name.endswith((".jsonl", ".jsonl.gz"))
+        queries = load_queries(queries_file) if is_jsonl else load_queries_tsv(queries_file)
+    else:
+        _, ds = _load_split(data, split)
+        queries = ds.split_queries()
     t1 = time.perf_counter()
     run = dense_search(idx, encoder, queries, k, batch_size=batch_size, progress=progress)
     dt = time.perf_counter() - t1
     if out is None:
-        raise TandemError("--out RUN.trec is required with --data")
+        raise TandemError("--out RUN.trec is required with --data or --queries")
     write_run(out, run, tag="tandem-dense")
     _echo_err(f"search: {len(run)} queries -> {out} ({dt:.1f}s search, {len(run) / dt:.1f} queries/s; "
               f"{time.perf_counter() - t0:.1f}s total)")

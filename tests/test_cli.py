@@ -35,6 +35,9 @@ def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
     tandem("index", "--data", tiny_dataset, "--out", tmp_path / "idx", "--model", tiny_model_dir, "--max-length", 64,
            "--normalize")
     tandem("search", "--index", tmp_path / "idx", "--data", tiny_dataset, "--k", 20, "--out", tmp_path / "dense.trec")
+    (tmp_path / "q.tsv").write_text("x1\tprotein cell gene\r\nx2\theart blood\r\n")
+    tandem("search", "--index", tmp_path / "idx", "--queries", tmp_path / "q.tsv", "--k", 3, "--out", tmp_path / "q.trec")
+    assert {line.split()[0] for line in (tmp_path / "q.trec").read_text().splitlines()} == {"x1", "x2"}
     qrels = tiny_dataset / "qrels" / "test.tsv"
     one = json.loads(tandem("evaluate", tmp_path / "bm25.trec", "--qrels", qrels, "--json").stdout)
     assert set(one) == {"nDCG@10", "RR@10", "R@100", "R@1000"}

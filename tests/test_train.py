@@ -242,3 +242,12 @@ def test_kl_gate_keeps_kl_off_the_retriever_until_the_reranker_wins(setup, tmp_p
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in r.parameters())
     with pytest.raises(ConfigError, match="kl_gate needs heldout_fraction"):
         _cfg(kl_gate=True)
+
+
+@pytest.mark.gpu
+def test_joint_step_on_gpu_with_bf16(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="joint", device="cuda", max_steps=2)
+    r, ce = _models(model_dir, cfg)
+    result = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False).train()
+    assert result.steps == 2 and all(np.isfinite(v) for v in result.final_losses.values())

@@ -215,11 +215,20 @@ class Trainer:
             else:
                 s_ce = fn(pairs)
             s_ce = s_ce.view(b, g)  # (B, G)
-        terms = self.losses(s_de, s_ce, q, p)
+        terms = self.losses(s_de.float() if s_de is not None else None, s_ce.float() if s_ce is not None else None,
+                            q, p)
         (terms["loss"] * scale).backward()
         for cache in caches:
             cache.backward()
         return {k: v.item() for k, v in terms.items()}
+
+    def _autocast(self):
+        """bf16 autocast on CUDA (weights and optimiser states stay fp32); plain fp32 on CPU."""
+        import contextlib
+
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def optimizer_step(self) -> dict[str, float]:
         norms = {}
@@ -346,7 +355,8 @@ class Trainer:
                 sums: dict[str, float] = {}
                 for a in range(self.cfg.grad_accum):
                     groups = self._groups(self.step * self.cfg.grad_accum + a)
-                    terms = self.micro_step(groups, 1.0 / self.cfg.grad_accum)
+                    with self._autocast():
+                        terms = self.micro_step(groups, 1.0 / self.cfg.grad_accum)
                     seqs += len(groups) * per_list
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + v / self.cfg.grad_accum
