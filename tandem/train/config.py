@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tandem.errors import ConfigError
+from tandem.settings import describe as _describe
+from tandem.settings import load_settings
 
 MODES = ("joint", "static", "retriever", "reranker")
 
@@ -89,69 +89,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(name: str, value: Any, typ: Any) -> Any:
-    typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes"):
-            return True
-        if str(value).lower() in ("false", "0", "no"):
-            return False
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    elif typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, bool):
-            return str(value).lower()
-    raise ConfigError(f"{name}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
-    """Settings from a YAML/JSON file (optional), then overrides (a dict or ``key=value`` strings).
-
-    Unknown keys and values of the wrong type raise :class:`ConfigError`.
+    """Settings from a YAML/JSON file (optional; a ``train:`` section if present), then overrides
+    (a dict or ``key=value`` strings). Unknown keys and values of the wrong type raise :class:`ConfigError`.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        if str(path).endswith(".json"):
-            values.update(json.loads(text))
-        else:
-            import yaml
-
-            loaded = yaml.safe_load(text) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: expected a mapping of settings")
-            values.update(loaded.get("train", loaded))
-    if isinstance(overrides, list):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected key=value")
-            k, v = item.split("=", 1)
-            pairs[k.strip().lstrip("-").replace("-", "_")] = v
-        overrides = pairs
-    values.update(overrides or {})
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(TrainConfig)
-    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    return load_settings(TrainConfig, path, overrides, section="train")
 
 
 def describe() -> str:
     """Every setting with its default and help, for ``--help`` texts and docs."""
-    return "\n".join(f"{f.name} = {f.default!r}: {f.metadata['help']}" for f in dataclasses.fields(TrainConfig))
+    return _describe(TrainConfig)

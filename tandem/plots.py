@@ -1,0 +1,59 @@
+"""PNG plots for a recipe report: metric per system, loss curves, held-out nDCG@10 over steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = list(report["systems"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    vals = [report["systems"][n]["nDCG@10"] for n in names]
+    ax.barh(names, vals, color="#4a7ab5")
+    for i, v in enumerate(vals):
+        ax.text(v + 0.003, i, f"{v:.3f}", va="center", fontsize=8)
+    ax.set_xlabel("nDCG@10 (test)")
+    ax.set_xlim(min(vals) - 0.05, max(vals) + 0.04)
+    fig.tight_layout()
+    fig.savefig(out / "systems.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "systems.png")
+
+    curves = report.get("curves", {})
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for stage, records in curves.items():
+        steps = [r for r in records if "loss" in r]
+        for term in ("kl", "reranker", "retriever_ce"):
+            pts = [(r["step"], r[term]) for r in steps if term in r]
+            if pts:
+                ax.plot(*zip(*pts), label=f"{stage}: {term}", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "losses.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "losses.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for stage, records in curves.items():
+        for model in ("retriever", "reranker"):
+            pts = [(r["step"], r["heldout"][model]["nDCG@10"]) for r in records
+                   if "heldout" in r and model in r["heldout"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{stage}: {model}", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nDCG@10 on held-out training lists")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "heldout.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "heldout.png")
+    return written

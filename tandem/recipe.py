@@ -1,0 +1,307 @@
+"""``tandem recipe`` / ``tandem demo``: the whole method as resumable stages, with a report.
+
+baselines (BM25, zero-shot dense) -> mine the zero-shot top-n for training queries -> re-ranker
+warm-up -> joint training (dynamic listwise distillation) -> index with the joint retriever ->
+retrieve -> re-rank with the joint re-ranker -> evaluate -> report.json, report.md, plots.
+
+Each stage writes under ``OUT/<stage>/`` and a ``done.json`` with its settings; a stage whose
+settings (and those of the stages it reads) are unchanged is skipped, and a training stage that
+was killed resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tandem.errors import TandemError
+from tandem.io import atomic_open, manifest, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+REPORT_MEASURES = ("nDCG@10", "RR@10", "R@100")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# Throughputs measured on the 2-core CPU box (BENCHMARKS.md), at 128 passage tokens; used by --dry-run.
+CPU_RATES = {"encode_per_s": 50.0, "train_seq_per_s": 9.5, "rerank_pairs_per_s": 40.0}
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    data: str = _f("scifact", "dataset name or BEIR directory")
+    model: str = _f("default", "encoder the retriever and re-ranker start from (default: embedded MiniLM)")
+    max_length: int = _f(128, "passage tokens for indexing and retriever training")
+    query_max_length: int = _f(32, "query tokens")
+    reranker_max_length: int = _f(160, "tokens of a (query, passage) pair")
+    top_n: int = _f(50, "zero-shot candidates mined per training query")
+    list_size: int = _f(6, "passages per training list (1 positive + negatives)")
+    batch_size: int = _f(8, "lists per step")
+    warmup_steps: int = _f(30, "re-ranker warm-up steps (reranker mode) before joint training")
+    joint_steps: int = _f(20, "joint training steps")
+    retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
+    reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
+    rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query")
+    seed: int = _f(1, "seed of training")
+    heldout_fraction: float = _f(0.1, "training lists held out for the curves and the kl_gate")
+    eval_every: int = _f(10, "held-out evaluation every N steps")
+    train: dict = _f(None, "extra training settings (see tandem train-settings) for every training stage")
+
+    def train_overrides(self, mode: str, steps: int) -> dict[str, Any]:
+        return {"mode": mode, "max_steps": steps, "list_size": self.list_size, "batch_size": self.batch_size,
+                "query_max_length": self.query_max_length, "passage_max_length": self.max_length,
+                "reranker_max_length": self.reranker_max_length, "seed": self.seed,
+                "heldout_fraction": self.heldout_fraction, "eval_every": self.eval_every,
+                "reranker_arch": self.reranker_arch, **(self.train or {})}
+
+
+def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RecipeConfig:
+    from tandem.settings import load_settings
+
+    return load_settings(RecipeConfig, path, overrides)
+
+
+def shipped_config(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise TandemError(f"no shipped config {name!r}; available: {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
+    return path
+
+
+class Stages:
+    """Runs named stages once; a stage whose ``done.json`` records the same settings is skipped."""
+
+    def __init__(self, out: Path, plan: dict[str, float] | None = None):
+        self.out = out
+        self.seconds: dict[str, float] = {}
+        self.keys: dict[str, str] = {}
+        self.plan = plan or {}
+        self.t0 = time.perf_counter()
+
+    def run(self, name: str, settings: dict[str, Any], fn: Callable[[Path], None], after: tuple[str, ...] = ()) -> Path:
+        """Run ``fn(stage_dir)`` unless done with the same settings and the same upstream stages."""
+        key_src = json.dumps({"settings": settings, "after": [self.keys[a] for a in after]}, sort_keys=True,
+                             default=str)
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+        self.keys[name] = key
+        stage_dir = self.out / name
+        done, started = stage_dir / "done.json", stage_dir / "started.json"
+        if done.exists() and read_json(done).get("key") == key:
+            self.seconds[name] = float(read_json(done).get("seconds", 0.0))
+            log.info("stage %-16s up to date (%.0fs when run), skipped", name, self.seconds[name])
+            return stage_dir
+        if stage_dir.exists() and not (started.exists() and read_json(started).get("key") == key and not done.exists()):
+            shutil.rmtree(stage_dir)  # settings changed: start afresh (a killed run of the same settings resumes)
+        left = sum(v for k, v in self.plan.items() if k not in self.seconds)
+        log.info("stage %-16s running (elapsed %.0fs, estimated left %.0fs)", name, time.perf_counter() - self.t0, left)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json(started, {"key": key})
+        t0 = time.perf_counter()
+        fn(stage_dir)
+        self.seconds[name] = time.perf_counter() - t0
+        write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name]))
+        log.info("stage %-16s done in %.0fs", name, self.seconds[name])
+        return stage_dir
+
+
+def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[str, float]:
+    """Estimated seconds per stage from the CPU rates measured here (scaled by length)."""
+    enc = CPU_RATES["encode_per_s"] * 128 / cfg.max_length
+    seq = CPU_RATES["train_seq_per_s"] * 128 / cfg.max_length
+    pairs = CPU_RATES["rerank_pairs_per_s"] * 160 / cfg.reranker_max_length
+    per_list_joint = 2 * cfg.list_size + 1
+    est = {"bm25": 5.0, "zs-index": n_passages / enc + 10, "zero-shot": (n_test + n_train) / 200 + 5, "lists": 2.0,
+           "warmup": cfg.warmup_steps * cfg.batch_size * cfg.list_size / seq + 30,
+           "joint": cfg.joint_steps * cfg.batch_size * per_list_joint / seq + 30,
+           "joint-index": n_passages / enc + 10, "rerank": n_test * cfg.rerank_k / pairs + 5}
+    if cfg.retriever_only_steps:
+        est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
+    return est
+
+
+def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
+    """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan)."""
+    from tandem.data import load_beir, resolve_dataset
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    directory = resolve_dataset(cfg.data)
+    train_ds = load_beir(directory, "train")
+    test_ds = load_beir(directory, "test", corpus=train_ds.corpus)
+    estimate = plan(cfg, len(train_ds.corpus), len(train_ds.qrels), len(test_ds.qrels))
+    if dry_run:
+        return {"plan_seconds": estimate, "total_seconds": sum(estimate.values())}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "recipe.json", {**asdict(cfg), "data_dir": str(directory)})
+    stages = Stages(out, estimate)
+    runner = _Runner(cfg, out, train_ds, test_ds, stages, progress)
+    runner.run_all(str(directory.resolve()))
+    report = runner.report(time.perf_counter() - t_start)
+    write_json(out / "report.json", report)
+    with atomic_open(out / "report.md") as f:
+        f.write(render_markdown(report))
+    try:
+        from tandem.plots import write_plots
+
+        write_plots(out, report)
+    except ImportError:  # matplotlib is optional
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+    return report
+
+
+class _Runner:
+    def __init__(self, cfg, out, train_ds, test_ds, stages, progress):
+        self.cfg, self.out, self.train_ds, self.test_ds = cfg, out, train_ds, test_ds
+        self.stages, self.progress = stages, progress
+        self.model = None if cfg.model == "default" else cfg.model
+
+    def run_all(self, data_key: str) -> None:
+        self.data_dir = data_key
+        from tandem.data import write_run
+        from tandem.index.bm25 import BM25
+        from tandem.index.dense import build_index, dense_search, load_index_and_encoder
+        from tandem.models.encoder import Encoder
+        from tandem.train.lists import lists_from_run, write_lists
+
+        cfg, st, out = self.cfg, self.stages, self.out
+        tq, trq = self.test_ds.split_queries(), self.train_ds.split_queries()
+        st.run("bm25", {"data": data_key}, lambda d: write_run(
+            d / "run.trec", BM25(self.train_ds.corpus, progress=self.progress).search(tq, 1000)))
+        st.run("zs-index", {"data": data_key, "model": cfg.model, "max_length": cfg.max_length}, lambda d: build_index(
+            self.train_ds.corpus, d / "index", Encoder.from_pretrained(self.model, max_length=cfg.max_length),
+            progress=self.progress), after=())
+
+        def zero_shot(d: Path) -> None:
+            index, enc = load_index_and_encoder(out / "zs-index" / "index")
+            write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
+            write_run(d / "train.trec", dense_search(index, enc, trq, cfg.top_n + 10, progress=self.progress))
+
+        st.run("zero-shot", {}, zero_shot, after=("zs-index",))
+
+        def lists(d: Path) -> None:
+            from tandem.data import read_run
+
+            made = lists_from_run(read_run(out / "zero-shot" / "train.trec"), self.train_ds.qrels,
+                                  self.train_ds.corpus, cfg.top_n)
+            write_lists(d / "lists.jsonl", made)
+            write_json(d / "stats.json", {"lists": len(made), "train_queries": len(self.train_ds.qrels),
+                                          "negatives_per_list": sum(len(l.negatives) for l in made) / max(len(made), 1)})
+
+        st.run("lists", {"top_n": cfg.top_n}, lists, after=("zero-shot",))
+        self._train("warmup", "reranker", cfg.warmup_steps, None, self.model, after=("lists",))
+        self._train("joint", "joint", cfg.joint_steps, self.model, str(out / "warmup" / "reranker"),
+                    after=("lists", "warmup"))
+
+        def joint_index(d: Path) -> None:
+            from tandem.models.retriever import Retriever
+
+            r = Retriever.from_pretrained(out / "joint" / "retriever")
+            build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress)
+            index, enc = load_index_and_encoder(d / "index")
+            write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
+
+        st.run("joint-index", {}, joint_index, after=("joint",))
+
+        def rerank_stage(d: Path) -> None:
+            from tandem.data import read_run
+            from tandem.models.reranker import Reranker
+            from tandem.rerank import rerank
+
+            ce = Reranker.from_pretrained(out / "joint" / "reranker")
+            first = read_run(out / "joint-index" / "run.trec")
+            write_run(d / "run.trec", rerank(first, self.test_ds.queries, self.test_ds.corpus, ce, cfg.rerank_k,
+                                             progress=self.progress))
+
+        st.run("rerank", {"k": cfg.rerank_k}, rerank_stage, after=("joint-index",))
+        if cfg.retriever_only_steps:
+            self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None, after=("lists",))
+
+            def ro_index(d: Path) -> None:
+                from tandem.models.retriever import Retriever
+
+                r = Retriever.from_pretrained(out / "retriever-only" / "retriever")
+                build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress)
+                index, enc = load_index_and_encoder(d / "index")
+                write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
+
+            st.run("retriever-only-index", {}, ro_index, after=("retriever-only",))
+
+    def _train(self, name: str, mode: str, steps: int, retriever, reranker, after) -> None:
+        from tandem.train import train
+
+        overrides = self.cfg.train_overrides(mode, steps)
+
+        def fn(d: Path) -> None:
+            result = train(self.data_dir, d, lists=self.out / "lists" / "lists.jsonl",
+                           retriever=retriever, reranker=reranker, overrides=overrides, resume=True,
+                           progress=self.progress)
+            write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
+                                           "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
+                                           "final_losses": result.final_losses})
+
+        # subtle: a killed training stage has no done.json but keeps its checkpoints; train(resume=True) continues
+        self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker},
+                        fn, after=after)
+
+    def report(self, total: float) -> dict[str, Any]:
+        from tandem.data import read_run
+        from tandem.eval.metrics import evaluate
+
+        s = self.stages.seconds
+        chains = {
+            "bm25": ("bm25/run.trec", ["bm25"]),
+            "zero-shot": ("zero-shot/run.trec", ["zs-index", "zero-shot"]),
+            "joint-retriever": ("joint-index/run.trec",
+                                ["zs-index", "zero-shot", "lists", "warmup", "joint", "joint-index"]),
+            "joint-retriever+reranker": ("rerank/run.trec", ["zs-index", "zero-shot", "lists", "warmup", "joint",
+                                                              "joint-index", "rerank"]),
+        }
+        if self.cfg.retriever_only_steps:
+            chains["retriever-only"] = ("retriever-only-index/run.trec",
+                                        ["zs-index", "zero-shot", "lists", "retriever-only", "retriever-only-index"])
+        systems = {}
+        for name, (run_file, parts) in chains.items():
+            metrics = evaluate(read_run(self.out / run_file), self.test_ds.qrels, REPORT_MEASURES)
+            systems[name] = {**metrics, "seconds": sum(s.get(p, 0.0) for p in parts), "run": str(self.out / run_file)}
+        curves = {}
+        for stage in ("warmup", "joint", "retriever-only"):
+            path = self.out / stage / "metrics.jsonl"
+            if path.exists():
+                curves[stage] = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        return {"data": str(self.cfg.data), "split": "test", "queries": len(self.test_ds.qrels),
+                "config": asdict(self.cfg), "systems": systems, "stage_seconds": s, "total_seconds": total,
+                "models": {"retriever": str(self.out / "joint" / "retriever"),
+                           "reranker": str(self.out / "joint" / "reranker")},
+                "curves": curves}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    lines = [f"# tandem report: {Path(str(report['data'])).name} ({report['split']}, {report['queries']} queries)", "",
+             "| system | " + " | ".join(REPORT_MEASURES) + " | seconds |",
+             "|---" * (len(REPORT_MEASURES) + 2) + "|"]
+    for name, vals in report["systems"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{vals[m]:.4f}" for m in REPORT_MEASURES)
+                     + f" | {vals['seconds']:.0f} |")
+    lines += ["", "`seconds`: wall time of the stages that system needs (cached stages count their first run).", "",
+              "## Settings", "",
+              f"Passages {cfg['max_length']} tokens, queries {cfg['query_max_length']}, re-ranker pairs "
+              f"{cfg['reranker_max_length']}; lists of {cfg['list_size']} from the zero-shot top-{cfg['top_n']}, "
+              f"{cfg['batch_size']} lists per step; re-ranker warm-up {cfg['warmup_steps']} steps "
+              f"({cfg['reranker_arch']} architecture), joint training {cfg['joint_steps']} steps; the joint "
+              f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}.", "",
+              "## Stages", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
+    lines += ["", f"Total wall time: {report['total_seconds']:.0f} s.", "",
+              f"Models: `{report['models']['retriever']}`, `{report['models']['reranker']}`.", "",
+              "Plots: `systems.png`, `losses.png`, `heldout.png`.", ""]
+    return "\n".join(lines)

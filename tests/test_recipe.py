@@ -1,0 +1,66 @@
+"""The recipe end to end on tiny data: stages, report layout, plots, skipping and resuming."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tandem.recipe import load_recipe, run_recipe, shipped_config
+from tests.test_cli import tandem
+
+
+def _cfg(model_dir, data, **kw):
+    base = dict(data=str(data), model=str(model_dir), max_length=32, query_max_length=16, reranker_max_length=48,
+                top_n=10, list_size=4, batch_size=2, warmup_steps=2, joint_steps=2, eval_every=1,
+                heldout_fraction=0.2, rerank_k=5)
+    return load_recipe(None, {**base, **kw})
+
+
+def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog):
+    out = tmp_path / "run"
+    report = run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2), out, progress=False)
+    saved = json.loads((out / "report.json").read_text())
+    for name in ("bm25", "zero-shot", "joint-retriever", "joint-retriever+reranker", "retriever-only"):
+        assert set(saved["systems"][name]) >= {"nDCG@10", "RR@10", "R@100", "seconds"}, name
+    assert saved["total_seconds"] > 0 and saved == json.loads(json.dumps(report))
+    for f in ("report.md", "systems.png", "losses.png", "heldout.png", "joint/retriever/README.md",
+              "joint/reranker/README.md"):
+        assert (out / f).exists(), f
+    assert "| joint-retriever+reranker |" in (out / "report.md").read_text()
+    # a second run with the same settings skips every stage
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tandem.recipe"):
+        run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2), out, progress=False)
+    assert "running" not in caplog.text and caplog.text.count("skipped") >= 8
+    # changing the joint steps re-runs joint and what depends on it, not the baselines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tandem.recipe"):
+        run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2, joint_steps=3), out, progress=False)
+    ran = {line.split(" stage ", 1)[1].split()[0] for line in caplog.text.splitlines() if "running" in line}
+    assert ran == {"joint", "joint-index", "rerank"}
+
+
+def test_killed_training_stage_resumes(tiny_dataset, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, tiny_dataset, joint_steps=4, train={"save_every": 2})
+    run_recipe(cfg, out, progress=False)
+    # simulate a kill during joint training after its step-2 checkpoint: no done.json, checkpoint kept
+    (out / "joint" / "done.json").unlink()
+    (out / "joint" / "checkpoints" / "latest").write_text("step-0000002\n")
+    shutil.rmtree(out / "joint" / "checkpoints" / "step-0000004")
+    run_recipe(cfg, out, progress=False)
+    steps = [json.loads(l)["step"] for l in (out / "joint" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(l)]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from before the kill, 3-4 after the resume
+
+
+def test_shipped_configs_load_and_plan():
+    for name in ("demo", "full-gpu"):
+        cfg = load_recipe(shipped_config(name))
+        assert cfg.joint_steps > 0
+    proc = tandem("demo", "--dry-run", env={"TANDEM_DATA": str(__import__("tests.conftest").conftest.SCIFACT.parent)})
+    assert "joint" in proc.stdout and "total" in proc.stdout
+    with pytest.raises(Exception, match="unknown setting"):
+        load_recipe(None, ["joint_stepz=3"])
