@@ -121,14 +121,14 @@ def index(data: str = DataOpt,
           progress: bool = ProgressOpt) -> None:
     """Encode the corpus and build a FAISS index (with ids and manifest.json)."""
     from tandem.data import load_corpus, resolve_dataset
-    from tandem.data.beir import _find
+    from tandem.data.beir import find_file
     from tandem.index.dense import build_index
     from tandem.io import sha256_file
     from tandem.models.encoder import Encoder
 
     t0 = time.perf_counter()
     directory = resolve_dataset(data)
-    corpus_file = _find(directory, "corpus.jsonl")
+    corpus_file = find_file(directory, "corpus.jsonl")
     corpus = load_corpus(corpus_file)
     encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
                                       normalize=normalize)
@@ -165,10 +165,10 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     idx, encoder = load_index_and_encoder(index_dir, model)
     if query is not None:
         from tandem.data import load_corpus, ranked, resolve_dataset
-        from tandem.data.beir import _find
+        from tandem.data.beir import find_file
 
         run = dense_search(idx, encoder, {"q": query}, k)
-        corpus = load_corpus(_find(resolve_dataset(data), "corpus.jsonl")) if data is not None else None
+        corpus = load_corpus(find_file(resolve_dataset(data), "corpus.jsonl")) if data is not None else None
         for rank, (pid, score) in enumerate(ranked(run["q"]), start=1):
             snippet = f"  {corpus.text(pid)[:100]}" if corpus is not None else ""
             typer.echo(f"{rank:>3}  {score:8.4f}  {pid}{snippet}")

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -90,3 +89,13 @@ def test_scifact_bm25_reference(tmp_path):
                             "--json").stdout)
     assert abs(res["nDCG@10"] - 0.662) <= 0.01
     assert abs(res["R@100"] - 0.876) <= 0.01
+
+
+def test_python_api_is_one_import_away():
+    import tandem
+
+    for name in tandem.__all__:
+        assert getattr(tandem, name) is not None, name
+    proc = subprocess.run([sys.executable, "-c", "import sys, tandem.cli; print('torch' in sys.modules)"],
+                          capture_output=True, text=True)
+    assert proc.stdout.strip() == "False"  # the CLI imports heavy modules only inside commands

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +72,7 @@ def test_failed_save_keeps_old_index(tmp_path):
 def test_build_and_search_with_encoder(tiny_dataset, tiny_encoder, tiny_model_dir, tmp_path):
     ds = load_beir(tiny_dataset, "test")
     tiny_encoder.settings.normalize = True  # cosine: a passage is its own nearest neighbour
-    idx = build_index(ds.corpus, tmp_path / "idx", tiny_encoder, corpus_hash="abc", embeddings_dtype="float16")
+    build_index(ds.corpus, tmp_path / "idx", tiny_encoder, corpus_hash="abc", embeddings_dtype="float16")
     emb = load_embeddings(tmp_path / "idx" / "embeddings.npy")
     assert emb.dtype == np.float16 and emb.shape == (60, 32) and isinstance(emb, np.memmap)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())

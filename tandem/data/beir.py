@@ -14,7 +14,7 @@ from tandem.io import open_text
 log = logging.getLogger(__name__)
 
 
-def _find(directory: Path, name: str) -> Path:
+def find_file(directory: Path, name: str) -> Path:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.exists():
             return candidate
@@ -152,8 +152,8 @@ def load_beir(directory: str | Path, split: str | None = "test", corpus: Corpus 
     if not directory.is_dir():
         raise DatasetNotFoundError(f"{directory}: not a directory")
     if corpus is None:
-        corpus = load_corpus(_find(directory, "corpus.jsonl"))
-    queries = load_queries(_find(directory, "queries.jsonl"))
+        corpus = load_corpus(find_file(directory, "corpus.jsonl"))
+    queries = load_queries(find_file(directory, "queries.jsonl"))
     qrels: Qrels = {}
     if split is not None:
         qpath = qrels_path(directory, split)
