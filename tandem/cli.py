@@ -201,6 +201,8 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
                k: int = typer.Option(20, "--k", min=1, help="Candidates per query to re-score."),
                out: Path = typer.Option(..., "--out", help="TREC run file to write."),
                batch_size: int = typer.Option(32, "--batch-size", min=1),
+               keep_tail: bool = typer.Option(True, "--keep-tail/--drop-tail",
+                                              help="Keep the first stage's passages below rank k after the re-ranked ones."),
                progress: bool = ProgressOpt) -> None:
     """Re-score the top-k of a run with a cross-encoder; writes a TREC run."""
     from tandem.data import read_run, write_run
@@ -212,9 +214,9 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
     model = Reranker.from_pretrained(reranker)
     if not model.settings.trained:
         log.warning("re-ranker %s has an untrained head: its scores are noise", model.name)
-    result = rerank(read_run(run), ds.queries, ds.corpus, model, k, batch_size, progress)
+    result = rerank(read_run(run), ds.queries, ds.corpus, model, k, batch_size, progress, keep_tail)
     write_run(out, result, tag="tandem-rerank")
-    pairs = sum(len(v) for v in result.values())
+    pairs = sum(min(k, len(v)) for v in result.values())
     dt = time.perf_counter() - t0
     _echo_err(f"rerank: {pairs} pairs over {len(result)} queries -> {out} ({dt:.1f}s, {pairs / dt:.1f} pairs/s)")
 
@@ -294,7 +296,7 @@ def _print_report(report: dict, out: Path) -> None:
 
     typer.echo(format_table(report["systems"], ["nDCG@10", "RR@10", "R@100", "seconds"]))
     head = report["systems"].get("joint-retriever+reranker") or next(iter(report["systems"].values()))
-    _echo_err(f"done in {report['total_seconds']:.0f}s. Headline: joint retriever + re-ranker nDCG@10 "
+    _echo_err(f"done in {report['wall_seconds']:.0f}s (pipeline {report['total_seconds']:.0f}s). Headline: joint retriever + re-ranker nDCG@10 "
               f"{head['nDCG@10']:.4f} (BM25 {report['systems']['bm25']['nDCG@10']:.4f}, zero-shot "
               f"{report['systems']['zero-shot']['nDCG@10']:.4f}).")
     _echo_err(f"report: {out / 'report.md'}, {out / 'report.json'}, plots {out}/*.png; models: "

@@ -10,11 +10,12 @@ from tandem.models.reranker import Reranker
 
 
 def rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, reranker: Reranker, k: int = 20,
-           batch_size: int = 32, progress: bool = False) -> Run:
-    """A run holding, per query, the first stage's top-``k`` re-scored by ``reranker`` (logits).
+           batch_size: int = 32, progress: bool = False, keep_tail: bool = True) -> Run:
+    """Per query, the first stage's top-``k`` re-scored by ``reranker`` (logits), in the new order.
 
-    Queries without text in ``queries`` are left out; passages below rank ``k`` are dropped, as a
-    re-ranked list is only meaningful over the candidates it saw.
+    With ``keep_tail`` the first stage's passages below rank ``k`` follow in their original order
+    (scores below every re-ranked one), so recall at depths beyond ``k`` stays the first stage's;
+    without it they are dropped. Queries without text in ``queries`` are left out.
     """
     pairs, keys = [], []
     for qid, docs in run.items():
@@ -27,4 +28,9 @@ def rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, reranker: Reran
     out: Run = {}
     for (qid, pid), s in zip(keys, scores):
         out.setdefault(qid, {})[pid] = float(s)
+    if keep_tail:
+        for qid, docs in out.items():
+            floor = min(docs.values())
+            for depth, (pid, _) in enumerate(ranked(run[qid])[k:], start=1):
+                docs[pid] = floor - depth
     return out

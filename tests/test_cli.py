@@ -54,8 +54,12 @@ def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
 
     reranked, first = read_run(tmp_path / "rr.trec"), read_run(tmp_path / "bm25.trec")
     assert set(reranked) == set(first)
-    for qid, docs in reranked.items():  # the re-ranked list holds exactly the first stage's top-5
-        assert set(docs) == {pid for pid, _ in ranked(first[qid], 5)}
+    for qid, docs in reranked.items():  # the first stage's top-5 re-ordered, then its tail unchanged
+        new, old = [p for p, _ in ranked(docs)], [p for p, _ in ranked(first[qid])]
+        assert set(new[:5]) == set(old[:5]) and new[5:] == old[5:]
+    tandem("rerank", "--run", tmp_path / "bm25.trec", "--data", tiny_dataset, "--reranker", tiny_model_dir,
+           "--k", 5, "--out", tmp_path / "rr5.trec", "--drop-tail")
+    assert all(len(d) == min(5, len(first[q])) for q, d in read_run(tmp_path / "rr5.trec").items())
     hits = tandem("search", "--index", tmp_path / "idx", "--query", "protein cell gene", "--k", 3,
                   "--data", tiny_dataset).stdout.splitlines()
     assert len(hits) == 3 and hits[0].split()[0] == "1"

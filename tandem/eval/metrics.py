@@ -43,5 +43,7 @@ def format_table(results: Mapping[str, Mapping[str, float]], measures: Iterable[
     width = max([len(s) for s in results] + [6])
     lines = [f"{'run':<{width}}  " + "  ".join(f"{m:>8}" for m in names)]
     for system, vals in results.items():
-        lines.append(f"{system:<{width}}  " + "  ".join(f"{vals.get(m, float('nan')):>8.4f}" for m in names))
+        lines.append(f"{system:<{width}}  " + "  ".join(
+            f"{vals.get(m, float('nan')):>8.0f}" if m == "seconds" else f"{vals.get(m, float('nan')):>8.4f}"
+            for m in names))
     return "\n".join(lines)
