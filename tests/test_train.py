@@ -149,6 +149,14 @@ def test_killed_run_resumes_to_same_weights(setup, tmp_path):
     r, ce = _models(model_dir, other)
     with pytest.raises(IncompatibleArtifactError, match="list_size"):
         Trainer(other, ds.corpus, ds.queries, lists, tmp_path / "b", r, ce, progress=False).train(resume=True)
+    # ... and so is one made from another model
+    from tests.conftest import make_tiny_bert
+
+    other_dir = make_tiny_bert(tmp_path / "other", seed=3)
+    r2 = Retriever.from_pretrained(str(other_dir), temperature=cfg.temperature, query_max_length=16,
+                                   passage_max_length=32)
+    with pytest.raises(IncompatibleArtifactError, match="models"):
+        Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "b", r2, ce, progress=False).train(resume=True)
 
 
 def test_saved_models_load_in_sentence_transformers(setup, tmp_path):

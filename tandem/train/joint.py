@@ -278,7 +278,9 @@ class Trainer:
         cfg = self.cfg.to_dict()
         for k in ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "log_every", "device"):
             cfg.pop(k)
-        return {"config": cfg, "lists": len(self.lists), "heldout": len(self.heldout)}
+        models = {"retriever": self.retriever.query_encoder.name if self.retriever is not None else None,
+                  "reranker": self.reranker.name if self.reranker is not None else None}
+        return {"config": cfg, "lists": len(self.lists), "heldout": len(self.heldout), "models": models}
 
     def save_checkpoint(self) -> Path:
         tensors = {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
