@@ -16,12 +16,13 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from tandem.errors import TandemError
 from tandem.io import atomic_open, manifest, read_json, write_json
+from tandem.settings import setting as _f
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Throughputs measured on the 2-core CPU box (BENCHMARKS.md), at 128 passage tokens; used by --dry-run.
 CPU_RATES = {"encode_per_s": 50.0, "train_seq_per_s": 9.5, "rerank_pairs_per_s": 40.0}
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -201,15 +198,8 @@ class _Runner:
         self._train("joint", "joint", cfg.joint_steps, self.model, str(out / "warmup" / "reranker"),
                     after=("lists", "warmup"))
 
-        def joint_index(d: Path) -> None:
-            from tandem.models.retriever import Retriever
-
-            r = Retriever.from_pretrained(out / "joint" / "retriever")
-            build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress)
-            index, enc = load_index_and_encoder(d / "index")
-            write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
-
-        st.run("joint-index", {}, joint_index, after=("joint",))
+        st.run("joint-index", {}, lambda d: self._index_and_search(out / "joint" / "retriever", d, tq),
+               after=("joint",))
 
         def rerank_stage(d: Path) -> None:
             from tandem.data import read_run
@@ -224,16 +214,20 @@ class _Runner:
         st.run("rerank", {"k": cfg.rerank_k}, rerank_stage, after=("joint-index",))
         if cfg.retriever_only_steps:
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None, after=("lists",))
+            st.run("retriever-only-index", {},
+                   lambda d: self._index_and_search(out / "retriever-only" / "retriever", d, tq),
+                   after=("retriever-only",))
 
-            def ro_index(d: Path) -> None:
-                from tandem.models.retriever import Retriever
+    def _index_and_search(self, retriever_dir: Path, d: Path, queries) -> None:
+        """Index the corpus with a trained retriever's passage tower and write its test run."""
+        from tandem.data import write_run
+        from tandem.index.dense import build_index, dense_search, load_index_and_encoder
+        from tandem.models.retriever import Retriever
 
-                r = Retriever.from_pretrained(out / "retriever-only" / "retriever")
-                build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress)
-                index, enc = load_index_and_encoder(d / "index")
-                write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
-
-            st.run("retriever-only-index", {}, ro_index, after=("retriever-only",))
+        r = Retriever.from_pretrained(retriever_dir)
+        build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress)
+        index, enc = load_index_and_encoder(d / "index")
+        write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=self.progress))
 
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after) -> None:
         from tandem.train import train

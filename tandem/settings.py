@@ -13,6 +13,11 @@ from tandem.errors import ConfigError
 T = TypeVar("T")
 
 
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its help text, shown by ``describe`` and ``--help`` listings."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def coerce(name: str, value: Any, typ: Any) -> Any:
     """``value`` as ``typ`` (bool, int, float, str, dict or an Optional of those), or ConfigError."""
     origin = typing.get_origin(typ)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tandem.errors import ConfigError
 from tandem.settings import describe as _describe
 from tandem.settings import load_settings
+from tandem.settings import setting as _f
 
 MODES = ("joint", "static", "retriever", "reranker")
-
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
