@@ -6,6 +6,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
     import matplotlib
 
@@ -21,10 +30,7 @@ def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
         ax.text(v + 0.003, i, f"{v:.3f}", va="center", fontsize=8)
     ax.set_xlabel("nDCG@10 (test)")
     ax.set_xlim(min(vals) - 0.05, max(vals) + 0.04)
-    fig.tight_layout()
-    fig.savefig(out / "systems.png", dpi=120)
-    plt.close(fig)
-    written.append(out / "systems.png")
+    written.append(_save(fig, out / "systems.png"))
 
     curves = report.get("curves", {})
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -37,10 +43,7 @@ def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "losses.png", dpi=120)
-    plt.close(fig)
-    written.append(out / "losses.png")
+    written.append(_save(fig, out / "losses.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for stage, records in curves.items():
@@ -52,8 +55,5 @@ def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
     ax.set_xlabel("step")
     ax.set_ylabel("nDCG@10 on held-out training lists")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "heldout.png", dpi=120)
-    plt.close(fig)
-    written.append(out / "heldout.png")
+    written.append(_save(fig, out / "heldout.png"))
     return written

@@ -132,11 +132,13 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids per text (with special tokens, truncated), no padding."""
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None,
+                 prefix: str | None = None) -> list[list[int]]:
+        """Token ids per text (with special tokens, truncated), no padding; defaults from ``settings``."""
         max_length = max_length or self.settings.max_length
-        if self.settings.prefix:
-            texts = [self.settings.prefix + t for t in texts]
+        prefix = self.settings.prefix if prefix is None else prefix
+        if prefix:
+            texts = [prefix + t for t in texts]
         enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
                              return_attention_mask=False, return_token_type_ids=False)
         return enc["input_ids"]

@@ -74,10 +74,7 @@ class Retriever(nn.Module):
         return cls(q, q if settings.shared else copy.deepcopy(q), settings)
 
     def _embed(self, encoder: Encoder, texts: Sequence[str], max_length: int, prefix: str) -> Tensor:
-        ids = encoder.tokenizer([prefix + t for t in texts] if prefix else list(texts), truncation=True,
-                                max_length=max_length, return_attention_mask=False,
-                                return_token_type_ids=False)["input_ids"]
-        return encoder(**encoder.collate(ids)).reps
+        return encoder(**encoder.collate(encoder.tokenize(texts, max_length, prefix))).reps
 
     def embed_queries(self, queries: Sequence[str]) -> Tensor:
         s = self.settings
