@@ -283,6 +283,74 @@ def train(ctx: typer.Context,
     _echo_err(f"  models and logs -> {out}")
 
 
+class DenoiseBy(str, Enum):
+    prob = "prob"
+    rank = "rank"
+
+
+class Calibration(str, Enum):
+    platt = "platt"
+    sigmoid = "sigmoid"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def mine(ctx: typer.Context,
+         data: str = DataOpt,
+         out: Path = typer.Option(..., "--out", help="Training lists to write (JSON lines); the report "
+                                                     "(.report.md/.report.json) and work files (.mine/) go beside it."),
+         retriever: Optional[str] = typer.Option(None, "--retriever", help="Dense retriever (id or dir; default: the "
+                                                                           "embedded MiniLM)."),
+         index: Optional[Path] = typer.Option(None, "--index", help="A built tandem index to mine from instead "
+                                                                    "(its model encodes the queries)."),
+         bm25: bool = typer.Option(False, "--bm25", help="Mine with BM25 too (merged with dense by reciprocal rank "
+                                                         "fusion), or alone with --no-dense."),
+         dense: bool = typer.Option(True, "--dense/--no-dense", help="Mine with the dense retriever."),
+         top_n: int = typer.Option(50, "--top-n", min=1, help="Candidates per training query."),
+         split: str = typer.Option("train", help="Qrels split of the training queries."),
+         reranker: Optional[str] = typer.Option(None, "--reranker", help="Trained re-ranker (id or dir) to denoise with."),
+         warmup_reranker: bool = typer.Option(False, "--warmup-reranker",
+                                              help="Train a re-ranker on the undenoised lists first and denoise with it."),
+         warmup_steps: int = typer.Option(60, "--warmup-steps", min=1, help="Steps of the re-ranker warm-up."),
+         low: float = typer.Option(0.1, "--low", help="Probability below which a candidate is a denoised negative."),
+         high: float = typer.Option(0.9, "--high", help="Probability above which a candidate becomes a pseudo-positive "
+                                                        "(> 1: none)."),
+         denoise_by: DenoiseBy = typer.Option(DenoiseBy.prob, "--denoise-by", help="prob thresholds, or rank cuts "
+                                                                                    "(--low-rank/--high-rank)."),
+         low_rank: int = typer.Option(10, "--low-rank", help="rank mode: re-ranker ranks below this are denoised negatives."),
+         high_rank: int = typer.Option(0, "--high-rank", help="rank mode: the re-ranker's top-k become pseudo-positives."),
+         calibration: Calibration = typer.Option(Calibration.platt, "--calibration",
+                                                 help="platt: fit sigmoid(a*logit+b) on held-out labelled pairs; "
+                                                      "sigmoid: the raw logit's sigmoid."),
+         denoise_top: int = typer.Option(0, "--denoise-top", min=0, help="Score only each query's first k candidates "
+                                                                         "(0: all)."),
+         max_pseudo: int = typer.Option(3, "--max-pseudo", min=0, help="Pseudo-positives per query at most."),
+         restart: bool = typer.Option(False, "--restart", help="Discard the work files of an earlier run."),
+         progress: bool = ProgressOpt) -> None:
+    """Mine hard negatives, denoise them with a re-ranker and write training lists with a report.
+
+    A killed run continues where it stopped when run again. Settings of the warm-up training can follow
+    as key=value (e.g. lr_reranker=3e-5 reranker_max_length=160).
+    """
+    from tandem.mine import MineSettings, mine as _mine
+
+    settings = MineSettings(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low,
+                            high=high, low_rank=low_rank, high_rank=high_rank, calibration=calibration.value,
+                            denoise_top=denoise_top, max_pseudo=max_pseudo)
+    result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
+                   warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,
+                   restart=restart)
+    r = result.report
+    _echo_err(f"mine: {r['lists']} lists -> {out} ({r['total_seconds']:.0f}s); mean {r['candidates_per_query']['mean']:.1f} "
+              f"candidates per query, a labelled positive retrieved for {100 * r['positives_retrieved_share']:.1f}% of queries")
+    d = r.get("denoising")
+    if d:
+        _echo_err(f"  denoised: {d['denoised_negatives']} clean negatives, {d['flagged_as_likely_false_negatives']} "
+                  f"flagged as likely false negatives ({100 * d['flagged_share']:.1f}% of scored), "
+                  f"{d['pseudo_positives']} pseudo-positives")
+    stem = str(out).removesuffix(".jsonl")
+    _echo_err(f"  report -> {stem}.report.md")
+
+
 @app.command("train-settings")
 def train_settings() -> None:
     """List every training setting with its default and meaning."""

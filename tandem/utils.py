@@ -17,11 +17,11 @@ def progress_enabled(requested: bool) -> bool:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, desc: str, enabled: bool = True, unit: str = "it") -> Iterator:
+def progress_bar(total: int | None, desc: str, enabled: bool = True, unit: str = "it", initial: int = 0) -> Iterator:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, disable=not progress_enabled(enabled), unit=unit, dynamic_ncols=True,
-               leave=False)
+               leave=False, initial=initial)
     try:
         yield bar
     finally:

@@ -45,6 +45,10 @@ class TrainConfig:
     kl_gate: bool = _f(False, "the KL term reaches the retriever only while the re-ranker beats it on held-out "
                               "lists (checked at each evaluation; needs heldout_fraction > 0)")
     retriever_ce_weight: float = _f(0.0, "weight of an extra listwise CE on the retriever's own scores")
+    denoised_share: float = _f(0.5, "share of each list's negatives drawn from its denoised pool (where it has "
+                                      "both pools; tandem mine writes them)")
+    pseudo_positive_prob: float = _f(0.25, "probability that a list's positive is one of its pseudo-positives "
+                                           "(where it has some)")
     in_batch_negatives: bool = _f(False, "retriever mode: other queries' passages as negatives too")
     query_max_length: int = _f(64, "max query tokens (retriever)")
     passage_max_length: int = _f(256, "max passage tokens (retriever)")
@@ -75,6 +79,8 @@ class TrainConfig:
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
             (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (0 <= self.denoised_share <= 1, "denoised_share must be in [0, 1]"),
+            (0 <= self.pseudo_positive_prob <= 1, "pseudo_positive_prob must be in [0, 1]"),
             (not self.kl_gate or self.heldout_fraction > 0, "kl_gate needs heldout_fraction > 0"),
             (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
         ]

@@ -33,7 +33,7 @@ from tandem.models.retriever import Retriever
 from tandem.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tandem.train.chunking import CachedChunks
 from tandem.train.config import TrainConfig
-from tandem.train.lists import Group, ListSampler, TrainingList
+from tandem.train.lists import Group, ListSampler, TrainingList, heldout_indices
 from tandem.utils import progress_bar
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,15 @@ class Trainer:
             self.reranker.eval()
             self.reranker.requires_grad_(False)
         # held-out lists: a fixed split, independent of the training seed
-        order = np.random.default_rng(1234).permutation(len(lists))
-        n_held = int(round(cfg.heldout_fraction * len(lists)))
-        self.heldout = [lists[i] for i in sorted(order[:n_held])]
-        self.lists = [lists[i] for i in sorted(order[n_held:])]
+        held = set(heldout_indices(len(lists), cfg.heldout_fraction))
+        self.heldout = [lists[i] for i in sorted(held)]
+        self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:
             raise TandemError("no training lists left (empty lists file, or heldout_fraction too large)")
-        self.sampler = ListSampler(self.lists, queries, cfg.list_size - 1, cfg.seed)
-        self.held_sampler = ListSampler(self.heldout, queries, cfg.list_size - 1, cfg.seed) if self.heldout else None
+        self.sampler = ListSampler(self.lists, queries, cfg.list_size - 1, cfg.seed, cfg.denoised_share,
+                                   cfg.pseudo_positive_prob)
+        self.held_sampler = (ListSampler(self.heldout, queries, cfg.list_size - 1, cfg.seed, cfg.denoised_share,
+                                         labelled_only=True) if self.heldout else None)
         self.micro_per_epoch = math.ceil(len(self.lists) / cfg.batch_size)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))

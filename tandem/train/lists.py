@@ -129,33 +129,75 @@ class Group:
     pids: list[str]
 
 
+def heldout_indices(n: int, fraction: float) -> list[int]:
+    """Indices of the lists held out for evaluation: a fixed share, independent of any training seed."""
+    order = np.random.default_rng(1234).permutation(n)
+    return sorted(int(i) for i in order[: int(round(fraction * n))])
+
+
 @dataclass
 class ListSampler:
-    """Draws groups of ``1 + negatives`` passages per list, deterministically from seed, epoch and index."""
+    """Draws groups of ``1 + negatives`` passages per list, deterministically from seed, epoch and index.
+
+    Negatives come from the list's pools: entries with ``source == "denoised"`` form the denoised
+    pool, all others the undenoised one. Where a list has both, ``round(denoised_share * m)`` are
+    drawn from the denoised pool and the rest from the undenoised one (no passage twice while
+    enough distinct ones remain). The positive is a pseudo-positive with ``pseudo_positive_prob``
+    where the list has some (always, if it has no labelled one); ``labelled_only`` ignores them
+    (held-out evaluation).
+    """
 
     lists: list[TrainingList]
     queries: Mapping[str, str]
     negatives: int
     seed: int = 0
+    denoised_share: float = 0.5
+    pseudo_positive_prob: float = 0.25
+    labelled_only: bool = False
     short_lists: int = field(default=0, init=False)
 
     def __post_init__(self):
         if self.negatives < 1:
             raise TandemError(f"a list needs at least one negative; list size {self.negatives + 1}")
-        self.short_lists = sum(1 for lst in self.lists if len(lst.negatives) < self.negatives)
+        self.short_lists = sum(1 for lst in self.lists if len({e["pid"] for e in lst.negatives}) < self.negatives)
         if self.short_lists:
-            log.warning("%d of %d lists have fewer than %d negatives; their negatives are drawn with replacement",
-                        self.short_lists, len(self.lists), self.negatives)
+            log.warning("%d of %d lists have fewer than %d distinct negatives; their negatives are drawn with "
+                        "replacement", self.short_lists, len(self.lists), self.negatives)
+        if self.labelled_only and any(not [e for e in lst.positives if not e.get("pseudo")] for lst in self.lists):
+            raise TandemError("held-out lists need a labelled (not pseudo) positive each")
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.lists))
 
+    def _positive(self, lst: TrainingList, rng: np.random.Generator) -> str:
+        labelled = [e for e in lst.positives if not e.get("pseudo")]
+        pseudo = [e for e in lst.positives if e.get("pseudo")]
+        if not pseudo or (labelled and self.labelled_only):
+            pool = labelled
+        elif not labelled:
+            pool = pseudo
+        else:
+            pool = pseudo if rng.random() < self.pseudo_positive_prob else labelled
+        return pool[int(rng.integers(len(pool)))]["pid"]
+
     def group(self, epoch: int, i: int) -> Group:
         lst = self.lists[i]
         rng = np.random.default_rng([self.seed, epoch, i, 7])
-        pos = lst.positives[int(rng.integers(len(lst.positives)))]["pid"]
-        pool = lst.negatives
-        replace = len(pool) < self.negatives
-        picks = rng.choice(len(pool), size=self.negatives, replace=replace)
+        pos = self._positive(lst, rng)
         query = lst.query if lst.query is not None else self.queries[lst.qid]
-        return Group(lst.qid, query, [pos] + [pool[int(j)]["pid"] for j in picks])
+        denoised = [e["pid"] for e in lst.negatives if e.get("source") == "denoised" and e["pid"] != pos]
+        undenoised = [e["pid"] for e in lst.negatives if e.get("source") != "denoised" and e["pid"] != pos]
+        if not denoised or not undenoised:  # one pool
+            pool = denoised or undenoised or [e["pid"] for e in lst.negatives]
+            picks = rng.choice(len(pool), size=self.negatives, replace=len(set(pool)) < self.negatives)
+            return Group(lst.qid, query, [pos] + [pool[int(j)] for j in picks])
+        n_den = min(int(round(self.denoised_share * self.negatives)), len(denoised))
+        chosen = [denoised[int(j)] for j in rng.choice(len(denoised), size=n_den, replace=False)]
+        rest = [p for p in undenoised if p not in set(chosen)]
+        need = self.negatives - n_den
+        if len(rest) >= need:
+            chosen += [rest[int(j)] for j in rng.choice(len(rest), size=need, replace=False)]
+        else:  # too few distinct passages left: repeat from both pools
+            both = denoised + undenoised
+            chosen += rest + [both[int(j)] for j in rng.choice(len(both), size=need - len(rest))]
+        return Group(lst.qid, query, [pos] + chosen)

@@ -1,0 +1,184 @@
+"""Mining and hybrid augmentation: planted false negatives, extremes, determinism, resume, the sampler."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tandem.data import load_beir
+from tandem.mine import MineSettings, build_pools, done_qids, fit_platt, merge_rrf, mine
+from tandem.train.lists import ListSampler, TrainingList, read_lists
+from tests.conftest import generate_dataset, write_beir
+from tests.test_cli import tandem
+
+
+class OverlapScorer:
+    """A stand-in re-ranker with known judgement: logit = 3 * shared words - 6.
+
+    Queries are 4 words of their positive, so a positive (and a near-copy of it) gets +6, a
+    passage sharing no word -6: after ``sigmoid`` a near-copy is "clearly relevant".
+    """
+
+    name = "overlap-scorer"
+
+    def predict(self, pairs, batch_size=32, progress=False):
+        def words(t):
+            return set(t.lower().replace(".", " ").split())
+
+        return np.array([3.0 * len(words(q) & words(p)) - 6.0 for q, p in pairs], dtype=np.float32)
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """The tiny dataset plus a near-copy of train query q0's positive (one word changed)."""
+    corpus, queries, qrels = generate_dataset(n_passages=60, n_queries=40)
+    qid, pos = next(iter(qrels["train"].items()))
+    pos = next(iter(pos))
+    title, text = corpus[pos]
+    corpus["copy"] = (title, text.replace(text.split()[0], "zebra", 1))
+    return write_beir(tmp_path / "planted", corpus, queries, qrels), qid, pos
+
+
+def _settings(**kw):
+    base = dict(dense=False, bm25=True, top_n=30, calibration="sigmoid", query_batch=4, samples=5)
+    return MineSettings(**{**base, **kw})
+
+
+def _lists(path):
+    return {o["qid"]: o for o in map(json.loads, open(path))}
+
+
+def test_planted_false_negative_becomes_pseudo_positive(planted, tmp_path):
+    data, qid, pos = planted
+    res = mine(data, tmp_path / "lists.jsonl", reranker=OverlapScorer(), settings=_settings(samples=100),
+               progress=False)
+    lst = _lists(res.lists)[qid]
+    undenoised = {e["pid"] for e in lst["negatives"] if e["source"] == "undenoised"}
+    denoised = {e["pid"] for e in lst["negatives"] if e["source"] == "denoised"}
+    assert "copy" in undenoised  # retrieved, so it was a mined "negative" ...
+    assert "copy" not in denoised  # ... removed from the denoised pool ...
+    pseudo = [e for e in lst["positives"] if e.get("pseudo")]
+    assert "copy" in [e["pid"] for e in pseudo] and all(e["score"] > 0.9 for e in pseudo)  # ... and offered as positive
+    assert denoised and all(e["ce"] < 0.1 for e in lst["negatives"] if e["source"] == "denoised")
+    for o in _lists(res.lists).values():  # labelled positives are never negatives
+        labelled = {e["pid"] for e in o["positives"] if not e.get("pseudo")}
+        assert not labelled & {e["pid"] for e in o["negatives"]}
+    d = res.report["denoising"]
+    assert d["pseudo_positives"] >= 1 and d["flagged_as_likely_false_negatives"] >= 1
+    md = (tmp_path / "lists.report.md").read_text()
+    assert "copy" in md and "Pseudo-positives" in md
+    # the trainer reads them, and draws the pseudo-positive when asked to
+    ds = load_beir(data, "train")
+    lists = read_lists(res.lists, ds.corpus, ds.queries)
+    i = [l.qid for l in lists].index(qid)
+    s = ListSampler(lists, ds.queries, negatives=3, seed=0, pseudo_positive_prob=1.0)
+    assert s.group(0, i).pids[0] in {e["pid"] for e in pseudo}
+    assert ListSampler(lists, ds.queries, 3, 0, labelled_only=True).group(0, i).pids[0] == pos
+
+
+def test_extreme_thresholds_give_the_undenoised_pool_back(planted, tmp_path):
+    data, _, _ = planted
+    plain = _lists(mine(data, tmp_path / "plain.jsonl", settings=_settings(), progress=False).lists)
+    every = _lists(mine(data, tmp_path / "all.jsonl", reranker=OverlapScorer(),
+                        settings=_settings(low=1.0, high=1.5), progress=False).lists)
+    none = _lists(mine(data, tmp_path / "none.jsonl", reranker=OverlapScorer(),
+                       settings=_settings(low=0.0, high=1.5), progress=False).lists)
+    assert plain.keys() == every.keys() == none.keys()
+    for qid, p in plain.items():
+        und = [e["pid"] for e in p["negatives"]]
+        assert [e["pid"] for e in every[qid]["negatives"] if e["source"] == "undenoised"] == und
+        assert [e["pid"] for e in every[qid]["negatives"] if e["source"] == "denoised"] == und
+        assert [e["pid"] for e in none[qid]["negatives"]] == und
+        assert every[qid]["positives"] == none[qid]["positives"] == p["positives"]  # no pseudo-positives
+
+
+def test_rank_mode_cuts(planted, tmp_path):
+    data, qid, _ = planted
+    lst = _lists(mine(data, tmp_path / "r.jsonl", reranker=OverlapScorer(), progress=False,
+                      settings=_settings(denoise_by="rank", low_rank=5, high_rank=1, max_pseudo=1)).lists)[qid]
+    cands = [e for e in lst["negatives"] if e["source"] == "undenoised"]
+    den = [e for e in lst["negatives"] if e["source"] == "denoised"]
+    assert len(den) <= len(cands) - 4  # the re-ranker's top 5 (one may be the labelled positive) are kept out
+    assert sum(bool(e.get("pseudo")) for e in lst["positives"]) == 1
+
+
+def test_mining_is_deterministic_and_resumes_after_a_kill(planted, tmp_path):
+    data, _, _ = planted
+    whole = mine(data, tmp_path / "a.jsonl", reranker=OverlapScorer(), settings=_settings(), progress=False)
+    out = tmp_path / "b.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        mine(data, out, reranker=OverlapScorer(), settings=_settings(), progress=False, _stop={"retrieve": 4})
+    cand = tmp_path / "b.mine" / "candidates.jsonl"
+    n_done = len(done_qids(cand))
+    assert 0 < n_done < whole.report["lists"]
+    with open(cand, "a") as f:  # killed mid-line
+        f.write('{"qid": "q9", "candidates": [{"pid": "d1", "ra')
+    with pytest.raises(KeyboardInterrupt):
+        mine(data, out, reranker=OverlapScorer(), settings=_settings(), progress=False, _stop={"score": 1})
+    assert not out.exists()  # nothing half-written where the lists go
+    assert len(done_qids(tmp_path / "b.mine" / "scores.jsonl")) >= 1
+    resumed = mine(data, out, reranker=OverlapScorer(), settings=_settings(), progress=False)
+    assert out.read_bytes() == (tmp_path / "a.jsonl").read_bytes()
+    assert resumed.report["denoising"] == whole.report["denoising"]
+    # other settings: the work files are redone, not mixed in
+    other = mine(data, out, reranker=OverlapScorer(), settings=_settings(top_n=5), progress=False)
+    assert other.report["candidates_per_query"]["max"] <= 5
+
+
+def test_merge_rrf_and_platt():
+    merged = merge_rrf({"dense": {"a": 0.9, "b": 0.8, "c": 0.1}, "bm25": {"b": 12.0, "d": 3.0}}, top_n=3)
+    assert [c["pid"] for c in merged] == ["b", "a", "d"]  # b: 1/62 + 1/61 beats a: 1/61
+    assert merged[0]["dense_rank"] == 2 and merged[0]["bm25_rank"] == 1 and "bm25_rank" not in merged[1]
+    one = merge_rrf({"bm25": {"x": 1.0, "y": 5.0}}, top_n=5)
+    assert [(c["pid"], c["rank"], c["score"]) for c in one] == [("y", 1, 5.0), ("x", 2, 1.0)]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20000) * 3
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(0.5 * x - 1.0)))).astype(float)
+    a, b = fit_platt(x, y)
+    assert abs(a - 0.5) < 0.05 and abs(b + 1.0) < 0.08
+
+
+def test_pools_never_hold_labelled_positives():
+    cands = [{"pid": p, "rank": r, "score": 1.0 / r} for r, p in enumerate("abcdef", start=1)]
+    probs = dict(zip("abcdef", [0.99, 0.95, 0.5, 0.05, 0.01, 0.0]))
+    pos, und, den = build_pools("q", cands, ["a"], probs, MineSettings(low=0.1, high=0.9))
+    assert [e["pid"] for e in pos] == ["a", "b"] and pos[1]["pseudo"]
+    assert [e["pid"] for e in und] == list("bcdef") and [e["pid"] for e in den] == list("def")
+
+
+def test_sampler_draws_from_both_pools_at_the_ratio():
+    negs = [{"pid": f"u{i}", "source": "undenoised"} for i in range(10)]
+    negs += [{"pid": f"u{i}", "source": "denoised"} for i in range(5, 10)]
+    lst = TrainingList("q", [{"pid": "p"}, {"pid": "u0", "pseudo": True}], negs)
+    s = ListSampler([lst], {"q": "query"}, negatives=4, seed=3, denoised_share=0.5, pseudo_positive_prob=0.0)
+    for epoch in range(20):
+        g = s.group(epoch, 0)
+        assert g.pids[0] == "p" and len(set(g.pids)) == 5
+        assert sum(p in {f"u{i}" for i in range(5, 10)} for p in g.pids[1:]) >= 2
+    s1 = ListSampler([lst], {"q": "query"}, negatives=4, seed=3, denoised_share=1.0, pseudo_positive_prob=1.0)
+    for epoch in range(20):
+        g = s1.group(epoch, 0)
+        assert g.pids[0] == "u0" and set(g.pids[1:]) <= {f"u{i}" for i in range(5, 10)}
+    assert [s.group(e, 0).pids for e in range(5)] == [s.group(e, 0).pids for e in range(5)]
+
+
+def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path):
+    out = tmp_path / "lists.jsonl"
+    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--retriever", str(tiny_model_dir),
+               "--bm25", "--top-n", "8", "--warmup-reranker", "--warmup-steps", "2", "--low", "0.5", "--high", "0.99",
+               "list_size=4", "batch_size=2", "query_max_length=16", "reranker_max_length=48", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "lists ->" in r.stderr and (tmp_path / "lists.report.md").exists()
+    rep = json.loads((tmp_path / "lists.report.json").read_text())
+    assert rep["lists"] == 10 and rep["denoising"]["calibration"]["method"] == "platt"
+    assert (tmp_path / "lists.mine" / "warmup" / "reranker").is_dir()
+    first = [json.loads(l)["negatives"][0] for l in open(out)]
+    assert all({"pid", "rank", "score", "source"} <= e.keys() for e in first)
+    r = tandem("train", "--data", str(tiny_dataset), "--lists", str(out), "--out", str(tmp_path / "t"), "--mode",
+               "retriever", "--retriever", str(tiny_model_dir), "max_steps=1", "list_size=4", "batch_size=2",
+               "query_max_length=16", "passage_max_length=32", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--reranker", "x", "--warmup-reranker", check=False)
+    assert r.returncode == 2 and "not both" in r.stderr
