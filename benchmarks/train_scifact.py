@@ -29,9 +29,13 @@ def main() -> None:
     ap.add_argument("--retriever", default=None)
     ap.add_argument("--reranker", default=None)
     ap.add_argument("--top-n", type=int, default=50)
+    ap.add_argument("--lists", default=None, help="train on these lists (e.g. from tandem mine) instead of the "
+                                                  "zero-shot top-n")
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rerank-k", type=int, default=0, help="also re-rank the trained retriever's top-k on test")
+    ap.add_argument("--rerank-on", default="bm25,zero-shot,own-retriever",
+                    help="first stages whose top-k the trained re-ranker re-scores (comma-separated)")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value training settings")
     args = ap.parse_args()
 
@@ -45,7 +49,7 @@ def main() -> None:
     cache = Path(args.cache)
     train_ds = load_beir(args.data, "train")
     test_ds = load_beir(args.data, "test", corpus=train_ds.corpus)
-    lists_path = cache / f"zs-top{args.top_n}.jsonl"
+    lists_path = Path(args.lists) if args.lists else cache / f"zs-top{args.top_n}.jsonl"
     if not lists_path.exists():
         idx_dir = cache / "zs-index"
         if not (idx_dir / "manifest.json").exists():
@@ -60,7 +64,7 @@ def main() -> None:
     result = train(args.data, args.out, lists=lists_path, retriever=args.retriever, reranker=args.reranker,
                    overrides=settings, progress=True)
     train_s = time.perf_counter() - t0
-    out: dict = {"mode": args.mode, "settings": settings, "train_seconds": train_s, "steps": result.steps,
+    out: dict = {"mode": args.mode, "lists": str(lists_path), "settings": settings, "train_seconds": train_s, "steps": result.steps,
                  "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
                  "final_losses": result.final_losses}
     if (Path(args.out) / "retriever").exists():
@@ -85,6 +89,8 @@ def main() -> None:
             firsts["own-retriever"] = read_run(Path(args.out) / "test.trec")
         out["rerank"] = {}
         for name, first in firsts.items():
+            if name not in args.rerank_on.split(","):
+                continue
             t1 = time.perf_counter()
             rr = rerank(first, test_ds.queries, test_ds.corpus, ce, args.rerank_k)
             secs = time.perf_counter() - t1

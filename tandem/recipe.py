@@ -46,6 +46,11 @@ class RecipeConfig:
     warmup_steps: int = _f(30, "re-ranker warm-up steps (reranker mode) before joint training")
     joint_steps: int = _f(20, "joint training steps")
     retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
+    denoise: bool = _f(True, "denoise the lists with the warmed-up re-ranker (hybrid lists: undenoised + denoised "
+                             "pools, pseudo-positives) before joint training")
+    denoise_top: int = _f(10, "candidates per training query the re-ranker scores for denoising (0: all top_n)")
+    low: float = _f(0.1, "denoising: calibrated probability below which a candidate is a clean negative")
+    high: float = _f(0.9, "denoising: probability above which a candidate becomes a pseudo-positive")
     reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
     rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query")
     seed: int = _f(1, "seed of training")
@@ -116,8 +121,9 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
     seq = CPU_RATES["train_seq_per_s"] * 128 / cfg.max_length
     pairs = CPU_RATES["rerank_pairs_per_s"] * 160 / cfg.reranker_max_length
     per_list_joint = 2 * cfg.list_size + 1
-    est = {"bm25": 5.0, "zs-index": n_passages / enc + 10, "zero-shot": (n_test + n_train) / 200 + 5, "lists": 2.0,
+    est = {"bm25": 5.0, "zs-index": n_passages / enc + 10, "zero-shot": n_test / 200 + 5, "lists": n_train / 200 + 5,
            "warmup": cfg.warmup_steps * cfg.batch_size * cfg.list_size / seq + 30,
+           "denoise": (n_train * ((cfg.denoise_top or cfg.top_n) + 1.2) / pairs + 10) if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * cfg.batch_size * per_list_joint / seq + 30,
            "joint-index": n_passages / enc + 10, "rerank": n_test * cfg.rerank_k / pairs + 5}
     if cfg.retriever_only_steps:
@@ -170,7 +176,7 @@ class _Runner:
         from tandem.train.lists import lists_from_run, write_lists
 
         cfg, st, out = self.cfg, self.stages, self.out
-        tq, trq = self.test_ds.split_queries(), self.train_ds.split_queries()
+        tq = self.test_ds.split_queries()
         st.run("bm25", {"data": data_key}, lambda d: write_run(
             d / "run.trec", BM25(self.train_ds.corpus, progress=self.progress).search(tq, 1000)))
         st.run("zs-index", {"data": data_key, "model": cfg.model, "max_length": cfg.max_length}, lambda d: build_index(
@@ -180,23 +186,25 @@ class _Runner:
         def zero_shot(d: Path) -> None:
             index, enc = load_index_and_encoder(out / "zs-index" / "index")
             write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
-            write_run(d / "train.trec", dense_search(index, enc, trq, cfg.top_n + 10, progress=self.progress))
 
         st.run("zero-shot", {}, zero_shot, after=("zs-index",))
 
-        def lists(d: Path) -> None:
-            from tandem.data import read_run
+        def lists(d: Path, reranker: str | None = None) -> None:
+            from tandem.mine import MineSettings, mine
 
-            made = lists_from_run(read_run(out / "zero-shot" / "train.trec"), self.train_ds.qrels,
-                                  self.train_ds.corpus, cfg.top_n)
-            write_lists(d / "lists.jsonl", made)
-            write_json(d / "stats.json", {"lists": len(made), "train_queries": len(self.train_ds.qrels),
-                                          "negatives_per_list": sum(len(l.negatives) for l in made) / max(len(made), 1)})
+            ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top)
+            mine(self.data_dir, d / "lists.jsonl", index=out / "zs-index" / "index", reranker=reranker, settings=ms,
+                 progress=self.progress, ds=self.train_ds)
 
-        st.run("lists", {"top_n": cfg.top_n}, lists, after=("zero-shot",))
+        st.run("lists", {"top_n": cfg.top_n}, lists, after=("zs-index",))
         self._train("warmup", "reranker", cfg.warmup_steps, None, self.model, after=("lists",))
+        lists_stage = "lists"
+        if cfg.denoise:
+            lists_stage = "denoise"
+            st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high},
+                   lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, self.model, str(out / "warmup" / "reranker"),
-                    after=("lists", "warmup"))
+                    after=(lists_stage, "warmup"), lists=lists_stage)
 
         st.run("joint-index", {}, lambda d: self._index_and_search(out / "joint" / "retriever", d, tq),
                after=("joint",))
@@ -213,7 +221,8 @@ class _Runner:
 
         st.run("rerank", {"k": cfg.rerank_k}, rerank_stage, after=("joint-index",))
         if cfg.retriever_only_steps:
-            self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None, after=("lists",))
+            self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
+                        after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
             st.run("retriever-only-index", {},
                    lambda d: self._index_and_search(out / "retriever-only" / "retriever", d, tq),
                    after=("retriever-only",))
@@ -229,13 +238,13 @@ class _Runner:
         index, enc = load_index_and_encoder(d / "index")
         write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=self.progress))
 
-    def _train(self, name: str, mode: str, steps: int, retriever, reranker, after) -> None:
+    def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists") -> None:
         from tandem.train import train
 
         overrides = self.cfg.train_overrides(mode, steps)
 
         def fn(d: Path) -> None:
-            result = train(self.data_dir, d, lists=self.out / "lists" / "lists.jsonl",
+            result = train(self.data_dir, d, lists=self.out / lists / "lists.jsonl",
                            retriever=retriever, reranker=reranker, overrides=overrides, resume=True,
                            progress=self.progress)
             write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
@@ -243,7 +252,8 @@ class _Runner:
                                            "final_losses": result.final_losses})
 
         # subtle: a killed training stage has no done.json but keeps its checkpoints; train(resume=True) continues
-        self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker},
+        self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker,
+                               "lists": lists},
                         fn, after=after)
 
     def report(self, total: float) -> dict[str, Any]:
@@ -251,21 +261,22 @@ class _Runner:
         from tandem.eval.metrics import evaluate
 
         s = self.stages.seconds
+        lists = ["lists", "warmup", "denoise"] if self.cfg.denoise else ["lists"]
+        joint = ["zs-index", *lists, "warmup", "joint", "joint-index"]
         chains = {
             "bm25": ("bm25/run.trec", ["bm25"]),
             "zero-shot": ("zero-shot/run.trec", ["zs-index", "zero-shot"]),
-            "joint-retriever": ("joint-index/run.trec",
-                                ["zs-index", "zero-shot", "lists", "warmup", "joint", "joint-index"]),
-            "joint-retriever+reranker": ("rerank/run.trec", ["zs-index", "zero-shot", "lists", "warmup", "joint",
-                                                              "joint-index", "rerank"]),
+            "joint-retriever": ("joint-index/run.trec", joint),
+            "joint-retriever+reranker": ("rerank/run.trec", [*joint, "rerank"]),
         }
         if self.cfg.retriever_only_steps:
             chains["retriever-only"] = ("retriever-only-index/run.trec",
-                                        ["zs-index", "zero-shot", "lists", "retriever-only", "retriever-only-index"])
+                                        ["zs-index", *lists, "retriever-only", "retriever-only-index"])
         systems = {}
         for name, (run_file, parts) in chains.items():
             metrics = evaluate(read_run(self.out / run_file), self.test_ds.qrels, REPORT_MEASURES)
-            systems[name] = {**metrics, "seconds": sum(s.get(p, 0.0) for p in parts), "run": str(self.out / run_file)}
+            systems[name] = {**metrics, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
+                             "run": str(self.out / run_file)}
         curves = {}
         for stage in ("warmup", "joint", "retriever-only"):
             path = self.out / stage / "metrics.jsonl"
@@ -295,7 +306,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{cfg['reranker_max_length']}; lists of {cfg['list_size']} from the zero-shot top-{cfg['top_n']}, "
               f"{cfg['batch_size']} lists per step; re-ranker warm-up {cfg['warmup_steps']} steps "
               f"({cfg['reranker_arch']} architecture), joint training {cfg['joint_steps']} steps; the joint "
-              f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}.", "",
+              f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}."
+              + (f" Hybrid lists: the warmed-up re-ranker scored each training query's first {cfg['denoise_top'] or cfg['top_n']} "
+                 f"candidates; below p = {cfg['low']} they form the denoised pool, above {cfg['high']} they become "
+                 "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else ""), "",
               "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
     lines += ["", f"Total wall time: {report['total_seconds']:.0f} s.", "",

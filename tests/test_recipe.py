@@ -29,6 +29,12 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
               "joint/reranker/README.md"):
         assert (out / f).exists(), f
     assert "| joint-retriever+reranker |" in (out / "report.md").read_text()
+    # hybrid lists: the joint stage trained on the denoised lists, with both pools and a mining report
+    assert "Hybrid lists" in (out / "report.md").read_text() and (out / "denoise" / "lists.report.md").exists()
+    sources = {e["source"] for l in (out / "denoise" / "lists.jsonl").read_text().splitlines()
+               for e in json.loads(l)["negatives"]}
+    assert sources == {"undenoised", "denoised"}
+    assert json.loads((out / "joint" / "done.json").read_text())["settings"]["lists"] == "denoise"
     # a second run with the same settings skips every stage
     caplog.clear()
     with caplog.at_level("INFO", logger="tandem.recipe"):

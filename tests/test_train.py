@@ -100,6 +100,23 @@ def test_joint_kl_gradient_reaches_reranker(setup, tmp_path):
     assert s_ce.grad.abs().sum() > 0 and s_de.grad.abs().sum() > 0
 
 
+def test_joint_supervised_retriever_term_with_in_batch_negatives(setup, tmp_path):
+    """retriever_ce_weight adds the retriever's own CE; with in_batch_negatives other lists' passages count too."""
+    from tandem.losses import group_ce, info_nce
+
+    ds, lists, model_dir = setup
+    q, p = torch.randn(2, 8), torch.randn(8, 8)
+    s_de, s_ce = torch.einsum("bd,bgd->bg", q, p.view(2, 4, 8)), torch.randn(2, 4)
+    for in_batch, expect in ((False, group_ce(s_de, 0.05)), (True, info_nce(q, p, 4, 0.05, in_batch=True))):
+        cfg = _cfg(mode="joint", retriever_ce_weight=0.5, in_batch_negatives=in_batch)
+        trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / str(in_batch), *_models(model_dir, cfg),
+                          progress=False)
+        terms = trainer.losses(s_de, s_ce, q, p)
+        assert terms["retriever_ce"].item() == pytest.approx(0.5 * expect.item(), rel=1e-6)
+        assert terms["loss"].item() == pytest.approx(sum(v.item() for k, v in terms.items() if k != "loss"), rel=1e-6)
+    assert info_nce(q, p, 4, 0.05, in_batch=True).item() > group_ce(s_de, 0.05).item()  # more negatives, higher CE
+
+
 def test_chunked_gradients_equal_plain(setup, tmp_path):
     ds, lists, model_dir = setup
     grads = []

@@ -49,7 +49,8 @@ class TrainConfig:
                                       "both pools; tandem mine writes them)")
     pseudo_positive_prob: float = _f(0.25, "probability that a list's positive is one of its pseudo-positives "
                                            "(where it has some)")
-    in_batch_negatives: bool = _f(False, "retriever mode: other queries' passages as negatives too")
+    in_batch_negatives: bool = _f(False, "the retriever's own CE (retriever mode, or retriever_ce_weight > 0) also "
+                                                "takes other lists' passages as negatives")
     query_max_length: int = _f(64, "max query tokens (retriever)")
     passage_max_length: int = _f(256, "max passage tokens (retriever)")
     reranker_max_length: int = _f(256, "max tokens of a (query, passage) pair")

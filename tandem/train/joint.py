@@ -182,7 +182,9 @@ class Trainer:
             if cfg.mode == "joint":
                 terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
             if cfg.retriever_ce_weight:
-                terms["retriever_ce"] = cfg.retriever_ce_weight * group_ce(s_de, cfg.temperature)
+                own = (info_nce(q, p, cfg.list_size, cfg.temperature, in_batch=True)
+                       if cfg.in_batch_negatives and q is not None else group_ce(s_de, cfg.temperature))
+                terms["retriever_ce"] = cfg.retriever_ce_weight * own
         terms["loss"] = sum(terms.values())
         return terms
 
