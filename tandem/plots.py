@@ -47,13 +47,14 @@ def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for stage, records in curves.items():
-        for model in ("retriever", "reranker"):
+        for model in ("retriever", "reranker", "retriever_corpus"):
             pts = [(r["step"], r["heldout"][model]["nDCG@10"]) for r in records
                    if "heldout" in r and model in r["heldout"]]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{stage}: {model}", lw=1)
+                label = "retriever over the corpus" if model == "retriever_corpus" else f"{model} (lists)"
+                ax.plot(*zip(*pts), marker="o", label=f"{stage}: {label}", lw=1, ls="--" if "corpus" in model else "-")
     ax.set_xlabel("step")
-    ax.set_ylabel("nDCG@10 on held-out training lists")
+    ax.set_ylabel("held-out nDCG@10")
     ax.legend(fontsize=7)
     written.append(_save(fig, out / "heldout.png"))
     return written

@@ -117,6 +117,25 @@ def test_joint_supervised_retriever_term_with_in_batch_negatives(setup, tmp_path
     assert info_nce(q, p, 4, 0.05, in_batch=True).item() > group_ce(s_de, 0.05).item()  # more negatives, higher CE
 
 
+def test_heldout_evaluation_over_the_corpus(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="retriever", heldout_fraction=0.4, eval_corpus=True, max_steps=1)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, *_models(model_dir, cfg), progress=False)
+    held = trainer.evaluate_heldout()
+    assert set(held["retriever_corpus"]) == {"nDCG@10", "RR@10", "R@100"}
+    assert 0 <= held["retriever_corpus"]["nDCG@10"] <= 1
+    # by hand: rank the whole corpus with the retriever for each held-out query
+    r = trainer.retriever.eval()
+    with torch.no_grad():
+        p = r.passage_tower().encode(list(ds.corpus))
+        q = r.query_tower().encode([ds.queries[l.qid] for l in trainer.heldout])
+    hits = [ds.corpus.ids[int(np.argmax(q[i] @ p.T))] in {e["pid"] for e in l.positives}
+            for i, l in enumerate(trainer.heldout)]
+    assert held["retriever_corpus"]["RR@10"] >= np.mean(hits) - 1e-6  # rank-1 hits give RR 1
+    result = trainer.train()
+    assert set(result.heldout) == {"retriever", "retriever_corpus"}
+
+
 def test_chunked_gradients_equal_plain(setup, tmp_path):
     ds, lists, model_dir = setup
     grads = []

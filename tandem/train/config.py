@@ -62,6 +62,8 @@ class TrainConfig:
     save_every: int = _f(0, "write a checkpoint every N optimiser steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     eval_every: int = _f(0, "evaluate on held-out lists every N steps (0: only at start and end)")
+    eval_corpus: bool = _f(False, "held-out evaluation also retrieves over the whole corpus with the retriever "
+                                  "(nDCG@10, RR@10, R@100 of the held-out queries; encodes the corpus each time)")
     heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (fixed seed)")
     allow_untrained_reranker: bool = _f(False, "let joint/static start from a re-ranker with a new, untrained head")
     device: str = _f("auto", "auto, cpu or cuda")

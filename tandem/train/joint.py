@@ -274,12 +274,37 @@ class Trainer:
         finally:
             for m, mode in zip(models, modes):
                 m.train(mode)
-        return {k: list_metrics(torch.cat(v)) for k, v in out.items() if v}
+        metrics = {k: list_metrics(torch.cat(v)) for k, v in out.items() if v}
+        if self.cfg.eval_corpus and self.retriever is not None:
+            metrics["retriever_corpus"] = self._corpus_metrics()
+        return metrics
+
+    @torch.no_grad()
+    def _corpus_metrics(self) -> dict[str, float]:
+        """The retriever over the whole corpus for the held-out queries: nDCG@10, RR@10, R@100."""
+        from tandem.eval.metrics import evaluate
+
+        mode = self.retriever.training
+        self.retriever.eval()
+        try:
+            passages = self.retriever.passage_tower().encode(list(self.corpus), batch_size=64)
+            queries = [self.held_sampler.group(0, i).query for i in range(len(self.heldout))]
+            qv = self.retriever.query_tower().encode(queries, batch_size=64)
+        finally:
+            self.retriever.train(mode)
+        scores = torch.from_numpy(np.asarray(qv, dtype=np.float32)) @ torch.from_numpy(np.asarray(passages, dtype=np.float32)).T
+        top = scores.topk(min(100, scores.shape[1]), dim=1)
+        ids = self.corpus.ids
+        run = {lst.qid: {ids[int(j)]: float(v) for v, j in zip(vals, idx)}
+               for lst, vals, idx in zip(self.heldout, top.values.tolist(), top.indices.tolist())}
+        qrels = {lst.qid: {e["pid"]: 1 for e in lst.positives if not e.get("pseudo")} for lst in self.heldout}
+        return evaluate(run, qrels, ["nDCG@10", "RR@10", "R@100"])
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
-        for k in ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "log_every", "device"):
+        for k in ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "eval_corpus", "log_every",
+                  "device"):
             cfg.pop(k)
         models = {"retriever": self.retriever.query_encoder.name if self.retriever is not None else None,
                   "reranker": self.reranker.name if self.reranker is not None else None}
