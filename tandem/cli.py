@@ -132,7 +132,8 @@ def index(data: str = DataOpt,
     corpus = load_corpus(corpus_file)
     encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
                                       normalize=normalize)
-    idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), index_type=index_type.value,
+    idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
+                      index_type=index_type.value,
                       batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
                       progress=progress)
     dt = time.perf_counter() - t0
@@ -349,6 +350,32 @@ def mine(ctx: typer.Context,
                   f"{d['pseudo_positives']} pseudo-positives")
     stem = str(out).removesuffix(".jsonl")
     _echo_err(f"  report -> {stem}.report.md")
+
+
+@app.command()
+def serve(index: Path = typer.Argument(..., help="Index directory (tandem index); its model encodes the queries."),
+          reranker: Optional[str] = typer.Option(None, "--reranker", help="Re-ranker (id or dir) for the candidates."),
+          data: Optional[str] = typer.Option(None, "--data", help="Dataset of the indexed corpus (default: the corpus "
+                                                                 "file recorded in the index)."),
+          host: str = typer.Option("127.0.0.1", help="Interface to bind (127.0.0.1: this machine only)."),
+          port: int = typer.Option(8000, help="TCP port."),
+          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TANDEM_API_KEY",
+                                                help="Require this X-API-Key header on /search, /info, /reload."),
+          allow_reload: bool = typer.Option(False, "--allow-reload", help="Enable POST /reload (SIGHUP always reloads)."),
+          max_batch: int = typer.Option(32, "--max-batch", min=1, help="Queries per model batch."),
+          max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
+          max_queries: int = typer.Option(32, "--max-queries", min=1, help="Queries per request at most."),
+          max_k: int = typer.Option(100, "--max-k", min=1),
+          max_candidates: int = typer.Option(1000, "--max-candidates", min=1),
+          allow_untrained_reranker: bool = typer.Option(False, "--allow-untrained-reranker",
+                                                        help="Serve a re-ranker with a new head (its scores are noise).")) -> None:
+    """Serve retrieval + re-ranking over HTTP: POST /search, GET /health, /info, /docs, and a search page at /."""
+    from tandem.serve import ServeSettings, serve as _serve
+
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queries=max_queries, max_k=max_k,
+                             max_candidates=max_candidates, api_key=api_key or None, allow_reload=allow_reload)
+    _serve(index, reranker=reranker, data=data, host=host, port=port, settings=settings,
+           allow_untrained_reranker=allow_untrained_reranker)
 
 
 @app.command("train-settings")

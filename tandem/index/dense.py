@@ -43,12 +43,14 @@ def load_embeddings(path: str | os.PathLike) -> np.ndarray:
 
 
 def build_index(corpus: Corpus, out: str | os.PathLike, encoder: Encoder | None = None, *,
-                corpus_hash: str = "", index_type: str = "flat", batch_size: int = 32,
+                corpus_hash: str = "", corpus_file: str = "", index_type: str = "flat", batch_size: int = 32,
                 embeddings_dtype: str | None = "float32", progress: bool = False, **index_options) -> DenseIndex:
     """Encode every passage and save a :class:`DenseIndex` (and the embeddings) under ``out``."""
     encoder = encoder or Encoder.from_pretrained(None)
     vectors = encoder.encode(list(corpus), batch_size=batch_size, progress=progress, desc="encoding corpus")
     info = {**encoder_info(encoder), "corpus_hash": corpus_hash, "passages": len(corpus)}
+    if corpus_file:
+        info["corpus_file"] = str(Path(corpus_file).resolve())
     index = DenseIndex.build(vectors, corpus.ids, info, kind=index_type, **index_options)
     index.save(out)
     if embeddings_dtype:

@@ -1,0 +1,165 @@
+"""Search with a trained pair: dense retrieval from an index, then (optionally) re-ranking.
+
+    from tandem import Pipeline
+    pipe = Pipeline.load("runs/joint-idx", reranker="runs/joint/reranker")
+    hits = pipe.search("vitamin D and bone density", k=10, candidates=100)
+
+Many queries are searched in one batch: one encoder pass, one FAISS search, one re-ranker pass
+over every (query, candidate) pair, so callers that gather requests (the HTTP service) pay the
+model cost once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tandem.data.types import Corpus
+from tandem.errors import IncompatibleArtifactError, TandemError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    pid: str
+    score: float  # the final score: re-ranker logit when re-ranked, else the retrieval score
+    rank: int  # 1-based final rank
+    retrieval_score: float
+    retrieval_rank: int
+    rerank_score: float | None = None
+    title: str = ""
+    text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    query: str
+    k: int = 10
+    candidates: int = 100
+    rerank: bool = True
+
+
+class Pipeline:
+    """A dense index (and the encoder that built it), its corpus texts and an optional re-ranker."""
+
+    def __init__(self, index, encoder, corpus: Corpus | None = None, reranker=None, info: dict | None = None):
+        self.index, self.encoder, self.corpus, self.reranker = index, encoder, corpus, reranker
+        self.info = info or {}
+        self._lock = threading.Lock()  # torch modules are used by one thread at a time
+
+    @classmethod
+    def load(cls, index_dir: str | Path, reranker: str | Path | None = None, data: str | Path | None = None,
+             allow_untrained_reranker: bool = False) -> "Pipeline":
+        """Load an index (its model encodes queries), its corpus and a re-ranker.
+
+        Args:
+            data: the dataset (BEIR dir or name) whose corpus the index holds; default: the corpus
+                file recorded in the index manifest. Texts are needed for re-ranking and results.
+            allow_untrained_reranker: accept a re-ranker whose head is new (scores are noise).
+        """
+        from tandem.data import load_corpus, resolve_dataset
+        from tandem.data.beir import find_file
+        from tandem.index.dense import load_index_and_encoder
+        from tandem.io import sha256_file
+
+        index_dir = Path(index_dir)
+        if not (index_dir / "manifest.json").exists():
+            raise IncompatibleArtifactError(f"{index_dir}: not a tandem index (no manifest.json)")
+        index, encoder = load_index_and_encoder(index_dir)
+        corpus = None
+        corpus_file = None
+        if data is not None:
+            corpus_file = find_file(resolve_dataset(data), "corpus.jsonl")
+        elif index.info.get("corpus_file") and Path(index.info["corpus_file"]).exists():
+            corpus_file = Path(index.info["corpus_file"])
+        if corpus_file is not None:
+            want = index.info.get("corpus_hash")
+            if want and sha256_file(corpus_file) != want:
+                raise IncompatibleArtifactError(f"{corpus_file}: not the corpus the index {index_dir} was built from "
+                                                "(sha256 differs)")
+            corpus = load_corpus(corpus_file)
+            missing = [pid for pid in index.ids[:1000] if pid not in corpus]
+            if missing:
+                raise IncompatibleArtifactError(f"{corpus_file}: passage {missing[0]!r} of the index is not in it")
+        elif reranker is not None:
+            raise TandemError(f"{index_dir}: re-ranking needs the passage texts; pass the dataset (--data)")
+        ce = None
+        if reranker is not None:
+            from tandem.models.reranker import Reranker
+
+            ce = Reranker.from_pretrained(reranker)
+            if not ce.settings.trained:
+                if not allow_untrained_reranker:
+                    raise TandemError(f"re-ranker {reranker!r} has an untrained head: its scores are noise. Train it "
+                                      "(tandem train --mode reranker) or pass a trained one")
+                log.warning("re-ranker %s has an untrained head: its scores are noise", reranker)
+            ce.eval()
+        info = {"index": str(index_dir), "passages": len(index), "dim": int(index.index.d),
+                "index_type": index.info.get("index_type"), "model": index.info.get("model"),
+                "reranker": str(reranker) if reranker is not None else None,
+                "corpus": str(corpus_file) if corpus_file else None, "manifest": index.info}
+        return cls(index, encoder, corpus, ce, info)
+
+    def search(self, query: str | Sequence[str], k: int = 10, candidates: int = 100, rerank: bool = True,
+               with_text: bool = True) -> list[Hit] | list[list[Hit]]:
+        """Ranked hits for one query (a list) or for many (a list per query)."""
+        many = not isinstance(query, str)
+        queries = list(query) if many else [query]
+        out = self.search_batch([Request(q, k, candidates, rerank) for q in queries], with_text)
+        return out if many else out[0]
+
+    def search_batch(self, requests: Sequence[Request], with_text: bool = True) -> list[list[Hit]]:
+        """Answer many requests with one encoder pass, one index search and one re-ranker pass."""
+        if not requests:
+            return []
+        for r in requests:
+            if not r.query.strip():
+                raise TandemError("empty query")
+            if r.k < 1 or r.candidates < 1:
+                raise TandemError("k and candidates must be >= 1")
+        depth = max(max(r.k, r.candidates) for r in requests)
+        with self._lock:
+            qv = self.encoder.encode([r.query for r in requests], batch_size=64)
+            scores, positions = self.index.search_vectors(qv, depth)
+            firsts = []
+            for r, row_s, row_p in zip(requests, scores, positions):
+                n = max(r.k, r.candidates) if (r.rerank and self.reranker is not None) else r.k
+                firsts.append([(self.index.ids[int(p)], float(s)) for s, p in zip(row_s[:n], row_p[:n]) if p >= 0])
+            ce_scores: list[np.ndarray | None] = [None] * len(requests)
+            todo = [i for i, r in enumerate(requests) if r.rerank and self.reranker is not None]
+            if todo:
+                pairs = [(requests[i].query, self.corpus.text(pid)) for i in todo for pid, _ in firsts[i]]
+                flat = self.reranker.predict(pairs, batch_size=32) if pairs else np.zeros(0)
+                at = 0
+                for i in todo:
+                    ce_scores[i] = flat[at : at + len(firsts[i])]
+                    at += len(firsts[i])
+        return [self._hits(first, ce, r.k, with_text) for first, ce, r in zip(firsts, ce_scores, requests)]
+
+    def _hits(self, first: list[tuple[str, float]], ce: np.ndarray | None, k: int, with_text: bool) -> list[Hit]:
+        hits = [Hit(pid, s, 0, s, rank) for rank, (pid, s) in enumerate(first, start=1)]
+        if ce is not None:
+            for h, c in zip(hits, ce):
+                h.rerank_score = h.score = float(c)
+            hits.sort(key=lambda h: (-h.score, h.retrieval_rank))
+        hits = hits[:k]
+        for rank, h in enumerate(hits, start=1):
+            h.rank = rank
+            if with_text and self.corpus is not None:
+                i = self.corpus.index[h.pid]
+                h.title = self.corpus.title(i)
+                full = self.corpus[i]
+                h.text = full[len(h.title):].lstrip() if h.title and full.startswith(h.title) else full
+        return hits
+
+
+__all__ = ["Pipeline", "Hit", "Request"]
