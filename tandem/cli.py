@@ -224,21 +224,61 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
 
 @app.command()
 def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
-             qrels: Path = typer.Option(..., "--qrels", help="Qrels file (BEIR TSV or TREC)."),
+             qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels file (BEIR TSV or TREC)."),
+             answers: Optional[Path] = typer.Option(None, "--answers", help="Or/also: questions with answer strings "
+                                                                            "(DPR *.qa.csv): top-k answer accuracy."),
+             corpus: Optional[Path] = typer.Option(None, "--corpus", help="With --answers: the passages (DPR "
+                                                                          "psgs_w100.tsv, BEIR corpus.jsonl, or "
+                                                                          "MS MARCO collection.tsv)."),
+             ks: List[int] = typer.Option([5, 20, 100], "--k", help="With --answers: accuracy depths."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON: measure -> value (one run) or "
                                                                 "run path -> measure -> value (several)."),
              measures: List[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--measure",
                                                 help="ir_measures names; repeat the option for several.")) -> None:
-    """Score runs against qrels: nDCG@10, RR@10 (MRR@10), R@100, R@1000, side by side."""
+    """Score runs against qrels (nDCG@10, RR@10, R@100, R@1000) and/or answers (DPR's Acc@k), side by side."""
     from tandem.data import load_qrels, read_run
     from tandem.eval.metrics import evaluate as _evaluate, format_table
 
-    judged = load_qrels(qrels)
-    results = {str(r): _evaluate(read_run(r), judged, measures) for r in runs}
+    if qrels is None and answers is None:
+        raise TandemError("give --qrels, or --answers with --corpus")
+    results: dict[str, dict[str, float]] = {str(r): {} for r in runs}
+    names = list(measures) if qrels is not None else []
+    loaded = {str(r): read_run(r) for r in runs}
+    if qrels is not None:
+        judged = load_qrels(qrels)
+        for r, run in loaded.items():
+            results[r].update(_evaluate(run, judged, measures))
+    if answers is not None:
+        from tandem.data.dpr import answer_accuracy, load_qas
+
+        if corpus is None:
+            raise TandemError("--answers needs --corpus (the passages whose text is searched for the answers)")
+        _, ans = load_qas(answers)
+        passages = _load_any_corpus(corpus)
+        for r, run in loaded.items():
+            results[r].update(answer_accuracy(run, ans, passages, sorted(set(ks))))
+        names += [f"Acc@{k}" for k in sorted(set(ks))]
     if as_json:
         typer.echo(json.dumps(next(iter(results.values())) if len(runs) == 1 else results, indent=2))
     else:
-        typer.echo(format_table(results, measures))
+        typer.echo(format_table(results, names))
+
+
+def _load_any_corpus(path: Path):
+    from tandem.data import load_corpus
+    from tandem.data.msmarco import load_collection
+    from tandem.io import open_text
+
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        return load_corpus(path)
+    with open_text(path) as f:
+        first = f.readline()
+    if first.startswith("id\ttext\ttitle"):
+        from tandem.data.dpr import load_psgs
+
+        return load_psgs(path)
+    return load_collection(path)
 
 
 class Mode(str, Enum):

@@ -156,9 +156,7 @@ class Pipeline:
             h.rank = rank
             if with_text and self.corpus is not None:
                 i = self.corpus.index[h.pid]
-                h.title = self.corpus.title(i)
-                full = self.corpus[i]
-                h.text = full[len(h.title):].lstrip() if h.title and full.startswith(h.title) else full
+                h.title, h.text = self.corpus.title(i).strip(), self.corpus.body(i)
         return hits
 
 

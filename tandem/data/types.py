@@ -78,6 +78,11 @@ class Corpus(Sequence[str]):
         except KeyError:
             raise TandemError(f"passage id {pid!r} is not in the corpus ({len(self)} passages)") from None
 
+    def body(self, i: int) -> str:
+        """Passage ``i`` without its title."""
+        full, title = self[i], self.title(i).strip()
+        return full[len(title):].lstrip() if title and full.startswith(title) else full
+
     def title(self, i: int) -> str:
         """The title part of passage ``i`` ('' when it has none)."""
         if self._title_len is None:
