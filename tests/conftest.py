@@ -33,7 +33,7 @@ def make_tokenizer_dir(path: Path) -> Path:
     return path
 
 
-def make_tiny_bert(path: Path, seed: int = 0) -> Path:
+def make_tiny_bert(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random 2-layer BERT (hidden 32) saved with its tokenizer: a model directory like any other."""
     import torch
     from transformers import BertConfig, BertModel
@@ -42,7 +42,8 @@ def make_tiny_bert(path: Path, seed: int = 0) -> Path:
     vocab_size = len((path / "vocab.txt").read_text().split("\n")) - 1
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     return path
 

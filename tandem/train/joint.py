@@ -105,8 +105,14 @@ class Trainer:
         self.corpus = corpus
         self.out = Path(out)
         self.progress = progress
+        from tandem.train.distributed import world
+
+        self.rank, self.world, local_rank = world()
+        self.main = self.rank == 0  # the process that writes logs, checkpoints and models
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
         self.use_retriever = cfg.mode in ("joint", "static", "retriever")
         self.use_reranker = cfg.mode in ("joint", "static", "reranker")
         self.train_reranker = cfg.mode in ("joint", "reranker")
@@ -124,6 +130,12 @@ class Trainer:
         if cfg.mode == "static":
             self.reranker.eval()
             self.reranker.requires_grad_(False)
+        if self.world > 1:
+            from tandem.train.distributed import broadcast_parameters
+
+            for m in (self.retriever, self.reranker):
+                if m is not None:
+                    broadcast_parameters(m)
         # held-out lists: a fixed split, independent of the training seed
         held = set(heldout_indices(len(lists), cfg.heldout_fraction))
         self.heldout = [lists[i] for i in sorted(held)]
@@ -148,6 +160,10 @@ class Trainer:
         self.schedulers = {k: _linear_schedule(o, warmup, self.total_steps) for k, o in self.optimizers.items()}
         self.step = 0
         self.gate_open = not cfg.kl_gate  # with kl_gate, closed until the re-ranker beats the retriever
+        # the loss terms of this mode (a rank without lists in a micro-batch reports them as 0)
+        g = cfg.list_size
+        self.term_names = sorted(self.losses(torch.zeros(1, g) if self.use_retriever else None,
+                                             torch.zeros(1, g) if self.use_reranker else None))
         self.history: list[dict[str, Any]] = []
 
     # ---- one step ---------------------------------------------------------------------------
@@ -237,6 +253,10 @@ class Trainer:
         norms = {}
         for name, opt in self.optimizers.items():
             model = self.retriever if name == "retriever" else self.reranker
+            if self.world > 1:
+                from tandem.train.distributed import sum_gradients
+
+                sum_gradients(model.parameters())
             if self.cfg.max_grad_norm > 0:
                 norms[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                                                   self.cfg.max_grad_norm))
@@ -310,7 +330,9 @@ class Trainer:
                   "reranker": self.reranker.name if self.reranker is not None else None}
         return {"config": cfg, "lists": len(self.lists), "heldout": len(self.heldout), "models": models}
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        if not self.main:
+            return None
         tensors = {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                    "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
         if self.retriever is not None:
@@ -341,25 +363,31 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        if not self.main:
+            return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def _trim_log(self) -> None:
         """After a resume, drop log lines past the checkpoint so the log has each step once."""
         path = self.out / "metrics.jsonl"
-        if not path.exists():
+        if not path.exists() or not self.main:
             return
         keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= self.step]
         path.write_text("".join(l + "\n" for l in keep))
 
     def train(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Run to ``total_steps`` (or ``stop_after`` steps, for tests of killed runs) and save the models."""
+        from tandem.train.distributed import barrier
+
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", self.cfg.to_dict())
+        if self.main:
+            write_json(self.out / "config.json", self.cfg.to_dict())
         if resume and self.resume():
             self._trim_log()
-        elif (self.out / "metrics.jsonl").exists():
+        elif (self.out / "metrics.jsonl").exists() and self.main:
             (self.out / "metrics.jsonl").unlink()
+        barrier()
         for m in (self.retriever, self.reranker):
             if m is not None:
                 m.train(m is self.retriever or self.train_reranker)
@@ -373,11 +401,11 @@ class Trainer:
             self._log({"step": 0, "fit_mixing": fit})
         if self.step == 0:
             held = self.evaluate_heldout()
-            if held:
-                self._log({"step": 0, "heldout": held})
+            if held or self.world > 1:
+                self._log({"step": 0, "heldout": held, "world_size": self.world})
         t0, seqs, last = time.perf_counter(), 0, {}
         per_list = self.cfg.list_size * (int(self.use_retriever) + int(self.use_reranker)) + int(self.use_retriever)
-        with progress_bar(self.total_steps, f"train ({self.cfg.mode})", self.progress, unit="step") as bar:
+        with progress_bar(self.total_steps, f"train ({self.cfg.mode})", self.progress and self.main, unit="step") as bar:
             bar.update(self.step)
             while self.step < self.total_steps:
                 if stop_after is not None and self.step >= stop_after:
@@ -385,8 +413,15 @@ class Trainer:
                 sums: dict[str, float] = {}
                 for a in range(self.cfg.grad_accum):
                     groups = self._groups(self.step * self.cfg.grad_accum + a)
+                    local = groups[self.rank :: self.world]
+                    share = len(local) / len(groups)  # this rank's part of the global batch
                     with self._autocast():
-                        terms = self.micro_step(groups, 1.0 / self.cfg.grad_accum)
+                        terms = (self.micro_step(local, share / self.cfg.grad_accum) if local
+                                 else dict.fromkeys(self.term_names, 0.0))
+                    if self.world > 1:
+                        from tandem.train.distributed import mean_over_ranks
+
+                        terms = mean_over_ranks(terms, share)
                     seqs += len(groups) * per_list
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + v / self.cfg.grad_accum
@@ -405,12 +440,15 @@ class Trainer:
                 bar.update(1)
                 if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
+                    barrier()
         seconds = time.perf_counter() - t0
         held = self.evaluate_heldout()
         if held:
             self._log({"step": self.step, "heldout": held, "final": True})
-        self.save_models(held)
+        if self.main:
+            self.save_models(held)
         self.save_checkpoint()
+        barrier()
         return TrainResult(self.step, seconds, seqs / max(seconds, 1e-9), last, held, self.out)
 
     def save_models(self, heldout: dict[str, Any] | None = None) -> None:
