@@ -118,8 +118,10 @@ def index(data: str = DataOpt,
                                                    help="Override the model's L2 normalisation."),
           index_type: IndexType = typer.Option(IndexType.flat, "--index-type", help="flat (exact), hnsw or ivfpq."),
           embeddings: EmbDtype = typer.Option(EmbDtype.float32, help="Also save embeddings.npy in this dtype."),
+          shard_size: int = typer.Option(50_000, "--shard-size", min=1, help="Passages encoded per resumable shard "
+                                                                             "(a killed build continues from its shards)."),
           progress: bool = ProgressOpt) -> None:
-    """Encode the corpus and build a FAISS index (with ids and manifest.json)."""
+    """Encode the corpus and build a FAISS index (with ids and manifest.json); resumable shard by shard."""
     from tandem.data import load_corpus, resolve_dataset
     from tandem.data.beir import find_file
     from tandem.index.dense import build_index
@@ -135,7 +137,7 @@ def index(data: str = DataOpt,
     idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
                       index_type=index_type.value,
                       batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
-                      progress=progress)
+                      progress=progress, shard_size=shard_size)
     dt = time.perf_counter() - t0
     _echo_err(f"index: {len(idx):,} passages, dim {idx.index.d}, {index_type.value} -> {out} "
               f"({dt:.1f}s, {len(idx) / dt:.1f} passages/s)")

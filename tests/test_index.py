@@ -94,3 +94,35 @@ def test_index_refuses_another_model(tiny_dataset, tiny_encoder, tmp_path):
     other = make_tiny_bert(tmp_path / "other-model", seed=1)
     with pytest.raises(IncompatibleArtifactError, match="rebuild the index"):
         load_index_and_encoder(tmp_path / "idx", str(other))
+
+
+def test_killed_index_build_resumes_from_its_shards(tiny_dataset, tiny_encoder, tmp_path):
+    ds = load_beir(tiny_dataset, "test")
+    whole = build_index(ds.corpus, tmp_path / "whole", tiny_encoder, shard_size=7)
+    calls = {"n": 0}
+    real = tiny_encoder.encode
+
+    def dies_on_third_shard(texts, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(texts, **kw)
+
+    tiny_encoder.encode = dies_on_third_shard
+    with pytest.raises(KeyboardInterrupt):
+        build_index(ds.corpus, tmp_path / "idx", tiny_encoder, shard_size=7)
+    assert not (tmp_path / "idx").exists()  # nothing half-built where the index goes
+    assert len(list((tmp_path / "idx.encoding").glob("shard-*.npy"))) == 2
+    calls["n"] = 10
+    resumed = build_index(ds.corpus, tmp_path / "idx", tiny_encoder, shard_size=7)
+    n_shards = -(-len(ds.corpus) // 7)
+    assert calls["n"] == 10 + n_shards - 2  # only the missing shards were encoded
+    assert resumed.ids == whole.ids and not (tmp_path / "idx.encoding").exists()
+    np.testing.assert_allclose(load_embeddings(tmp_path / "idx" / "embeddings.npy"),
+                               load_embeddings(tmp_path / "whole" / "embeddings.npy"), rtol=1e-5, atol=1e-6)
+    # other settings (shard size) start over instead of mixing shards
+    (tmp_path / "idx.encoding").mkdir()
+    (tmp_path / "idx.encoding" / "key.json").write_text('{"shard_size": 3}')
+    (tmp_path / "idx.encoding" / "shard-00000.npy").write_bytes(b"junk")
+    again = build_index(ds.corpus, tmp_path / "idx", tiny_encoder, shard_size=7)
+    assert again.ids == whole.ids

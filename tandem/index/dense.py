@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -12,7 +13,7 @@ import numpy as np
 from tandem.data.types import Corpus, Run
 from tandem.errors import IncompatibleArtifactError, TandemError
 from tandem.index.faiss_index import DenseIndex
-from tandem.io import atomic_open
+from tandem.io import atomic_open, atomic_path, read_json, write_json
 from tandem.models.encoder import Encoder
 from tandem.models.hf import model_fingerprint, resolve_model
 
@@ -44,18 +45,64 @@ def load_embeddings(path: str | os.PathLike) -> np.ndarray:
 
 def build_index(corpus: Corpus, out: str | os.PathLike, encoder: Encoder | None = None, *,
                 corpus_hash: str = "", corpus_file: str = "", index_type: str = "flat", batch_size: int = 32,
-                embeddings_dtype: str | None = "float32", progress: bool = False, **index_options) -> DenseIndex:
-    """Encode every passage and save a :class:`DenseIndex` (and the embeddings) under ``out``."""
+                embeddings_dtype: str | None = "float32", progress: bool = False, shard_size: int = 50_000,
+                **index_options) -> DenseIndex:
+    """Encode every passage and save a :class:`DenseIndex` (and the embeddings) under ``out``.
+
+    The corpus is encoded in shards of ``shard_size`` passages, each saved as it completes in
+    ``OUT.encoding/``: a killed build, run again with the same settings, encodes only the shards
+    still missing. Encoding memory is bounded by the shard size; the vectors are gathered on disk.
+    """
     encoder = encoder or Encoder.from_pretrained(None)
-    vectors = encoder.encode(list(corpus), batch_size=batch_size, progress=progress, desc="encoding corpus")
     info = {**encoder_info(encoder), "corpus_hash": corpus_hash, "passages": len(corpus)}
     if corpus_file:
         info["corpus_file"] = str(Path(corpus_file).resolve())
+    work = Path(out).parent / (Path(out).name + ".encoding")
+    vectors = encode_in_shards(corpus, work, encoder, shard_size, batch_size, progress, info)
     index = DenseIndex.build(vectors, corpus.ids, info, kind=index_type, **index_options)
     index.save(out)
     if embeddings_dtype:
         save_embeddings(Path(out) / "embeddings.npy", vectors, embeddings_dtype)
+    del vectors
+    shutil.rmtree(work, ignore_errors=True)
     return index
+
+
+def encode_in_shards(corpus: Corpus, work: Path, encoder: Encoder, shard_size: int, batch_size: int,
+                     progress: bool, info: dict) -> np.ndarray:
+    """All passage vectors (N, D) as a read-only memory map, encoded shard by shard (resumable)."""
+    shard_size = max(1, shard_size)
+    key = {"model_fingerprint": info.get("model_fingerprint"), "max_length": info.get("max_length"),
+           "pooling": info.get("pooling"), "normalize": info.get("normalize"), "prefix": info.get("prefix"),
+           "passages": len(corpus), "corpus_hash": info.get("corpus_hash"), "shard_size": shard_size,
+           "first": corpus.ids[0] if len(corpus) else None, "last": corpus.ids[-1] if len(corpus) else None}
+    if work.exists() and (not (work / "key.json").exists() or read_json(work / "key.json") != key):
+        shutil.rmtree(work)  # another model, corpus or shard size: start over
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / "key.json", key)
+    starts = list(range(0, len(corpus), shard_size))
+    done = sum((work / f"shard-{i:05d}.npy").exists() for i in range(len(starts)))
+    if done:
+        log.info("index: resuming, %d of %d shards already encoded", done, len(starts))
+    for i, start in enumerate(starts):
+        path = work / f"shard-{i:05d}.npy"
+        if path.exists():
+            continue
+        texts = [corpus[j] for j in range(start, min(start + shard_size, len(corpus)))]
+        desc = "encoding corpus" + (f" (shard {i + 1}/{len(starts)})" if len(starts) > 1 else "")
+        vecs = encoder.encode(texts, batch_size=batch_size, progress=progress, desc=desc)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(vecs, dtype=np.float32))
+    dim = encoder.dim
+    all_path = work / "all.npy"
+    out = np.lib.format.open_memmap(all_path, mode="w+", dtype=np.float32, shape=(len(corpus), dim))
+    for i, start in enumerate(starts):
+        shard = np.load(work / f"shard-{i:05d}.npy", mmap_mode="r")
+        out[start : start + len(shard)] = shard
+    out.flush()
+    del out
+    return np.load(all_path, mmap_mode="r")
 
 
 def load_index_and_encoder(index_dir: str | os.PathLike, model: str | None = None) -> tuple[DenseIndex, Encoder]:
