@@ -122,16 +122,16 @@ def index(data: str = DataOpt,
                                                                              "(a killed build continues from its shards)."),
           progress: bool = ProgressOpt) -> None:
     """Encode the corpus and build a FAISS index (with ids and manifest.json); resumable shard by shard."""
-    from tandem.data import load_corpus, resolve_dataset
-    from tandem.data.beir import find_file
+    from tandem.data import resolve_dataset
+    from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
     from tandem.index.dense import build_index
     from tandem.io import sha256_file
     from tandem.models.encoder import Encoder
 
     t0 = time.perf_counter()
     directory = resolve_dataset(data)
-    corpus_file = find_file(directory, "corpus.jsonl")
-    corpus = load_corpus(corpus_file)
+    corpus_file = beir_corpus_file(directory)
+    corpus = load_any_corpus(corpus_file)
     encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
                                       normalize=normalize)
     idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
@@ -167,11 +167,11 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     t0 = time.perf_counter()
     idx, encoder = load_index_and_encoder(index_dir, model)
     if query is not None:
-        from tandem.data import load_corpus, ranked, resolve_dataset
-        from tandem.data.beir import find_file
+        from tandem.data import ranked, resolve_dataset
+        from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
 
         run = dense_search(idx, encoder, {"q": query}, k)
-        corpus = load_corpus(find_file(resolve_dataset(data), "corpus.jsonl")) if data is not None else None
+        corpus = load_any_corpus(beir_corpus_file(resolve_dataset(data))) if data is not None else None
         for rank, (pid, score) in enumerate(ranked(run["q"]), start=1):
             snippet = f"  {corpus.text(pid)[:100]}" if corpus is not None else ""
             typer.echo(f"{rank:>3}  {score:8.4f}  {pid}{snippet}")
@@ -251,12 +251,13 @@ def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
         for r, run in loaded.items():
             results[r].update(_evaluate(run, judged, measures))
     if answers is not None:
+        from tandem.data.beir import load_any_corpus
         from tandem.data.dpr import answer_accuracy, load_qas
 
         if corpus is None:
             raise TandemError("--answers needs --corpus (the passages whose text is searched for the answers)")
         _, ans = load_qas(answers)
-        passages = _load_any_corpus(corpus)
+        passages = load_any_corpus(corpus)
         for r, run in loaded.items():
             results[r].update(answer_accuracy(run, ans, passages, sorted(set(ks))))
         names += [f"Acc@{k}" for k in sorted(set(ks))]
@@ -264,23 +265,6 @@ def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
         typer.echo(json.dumps(next(iter(results.values())) if len(runs) == 1 else results, indent=2))
     else:
         typer.echo(format_table(results, names))
-
-
-def _load_any_corpus(path: Path):
-    from tandem.data import load_corpus
-    from tandem.data.msmarco import load_collection
-    from tandem.io import open_text
-
-    name = path.name.removesuffix(".gz")
-    if name.endswith(".jsonl"):
-        return load_corpus(path)
-    with open_text(path) as f:
-        first = f.readline()
-    if first.startswith("id\ttext\ttitle"):
-        from tandem.data.dpr import load_psgs
-
-        return load_psgs(path)
-    return load_collection(path)
 
 
 class Mode(str, Enum):

@@ -66,8 +66,8 @@ class Pipeline:
                 file recorded in the index manifest. Texts are needed for re-ranking and results.
             allow_untrained_reranker: accept a re-ranker whose head is new (scores are noise).
         """
-        from tandem.data import load_corpus, resolve_dataset
-        from tandem.data.beir import find_file
+        from tandem.data import resolve_dataset
+        from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
         from tandem.index.dense import load_index_and_encoder
         from tandem.io import sha256_file
 
@@ -78,7 +78,7 @@ class Pipeline:
         corpus = None
         corpus_file = None
         if data is not None:
-            corpus_file = find_file(resolve_dataset(data), "corpus.jsonl")
+            corpus_file = beir_corpus_file(resolve_dataset(data))
         elif index.info.get("corpus_file") and Path(index.info["corpus_file"]).exists():
             corpus_file = Path(index.info["corpus_file"])
         if corpus_file is not None:
@@ -86,7 +86,7 @@ class Pipeline:
             if want and sha256_file(corpus_file) != want:
                 raise IncompatibleArtifactError(f"{corpus_file}: not the corpus the index {index_dir} was built from "
                                                 "(sha256 differs)")
-            corpus = load_corpus(corpus_file)
+            corpus = load_any_corpus(corpus_file)
             missing = [pid for pid in index.ids[:1000] if pid not in corpus]
             if missing:
                 raise IncompatibleArtifactError(f"{corpus_file}: passage {missing[0]!r} of the index is not in it")

@@ -142,15 +142,74 @@ def qrels_path(directory: str | Path, split: str) -> Path:
 
 
 def splits(directory: str | Path) -> list[str]:
+    if is_msmarco_layout(directory):
+        return sorted({p.name.split(".")[1] for p in Path(directory).glob("qrels.*.tsv*")})
     q = Path(directory) / "qrels"
     return sorted({p.name.split(".")[0] for p in q.glob("*")}) if q.is_dir() else []
 
 
+def corpus_file(directory: str | Path) -> Path:
+    """The passages file of a dataset directory: BEIR corpus.jsonl or MS MARCO collection.tsv."""
+    directory = Path(directory)
+    return find_file(directory, "collection.tsv" if is_msmarco_layout(directory) else "corpus.jsonl")
+
+
+def load_any_corpus(path: str | Path) -> Corpus:
+    """Passages from BEIR corpus.jsonl, MS MARCO collection.tsv or DPR psgs_w100.tsv (by name and header)."""
+    from tandem.data.msmarco import load_collection
+    from tandem.io import open_text
+
+    path = Path(path)
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        return load_corpus(path)
+    with open_text(path) as f:
+        first = f.readline()
+    if first.startswith("id\ttext\ttitle"):
+        from tandem.data.dpr import load_psgs
+
+        return load_psgs(path)
+    return load_collection(path)
+
+
+def is_msmarco_layout(directory: str | Path) -> bool:
+    """MS MARCO passage files as distributed: collection.tsv, queries.<split>.tsv, qrels.<split>.tsv."""
+    d = Path(directory)
+    return not any((d / n).exists() for n in ("corpus.jsonl", "corpus.jsonl.gz")) and \
+        any((d / n).exists() for n in ("collection.tsv", "collection.tsv.gz"))
+
+
+def _load_msmarco(directory: Path, split: str | None, corpus: Corpus | None) -> Dataset:
+    from tandem.data.msmarco import load_collection, load_queries_tsv
+
+    if corpus is None:
+        corpus = load_collection(find_file(directory, "collection.tsv"))
+    names = [split] if split is not None else splits(directory)
+    queries: dict[str, str] = {}
+    for name in names:
+        queries.update(load_queries_tsv(find_file(directory, f"queries.{name}.tsv")))
+    qrels: Qrels = {}
+    if split is not None:
+        path = next((directory / n for n in (f"qrels.{split}.tsv", f"qrels.{split}.tsv.gz")
+                     if (directory / n).exists()), None)
+        if path is None:
+            raise DatasetNotFoundError(f"{directory}: no qrels.{split}.tsv; available splits: {splits(directory) or 'none'}")
+        qrels = load_qrels(path)
+        mq, mp = count_missing(qrels, queries, corpus)
+        if mq or mp:
+            log.warning("%s: %d judgments name unknown queries and %d name unknown passages", path, mq, mp)
+    return Dataset(corpus=corpus, queries=queries, qrels=qrels, name=directory.name, split=split)
+
+
 def load_beir(directory: str | Path, split: str | None = "test", corpus: Corpus | None = None) -> Dataset:
-    """Load a BEIR-layout dataset directory. Qrels rows for unknown ids are counted and warned about."""
+    """Load a BEIR-layout dataset directory (or MS MARCO passage files, detected by their names).
+
+    Qrels rows for unknown ids are counted and warned about.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetNotFoundError(f"{directory}: not a directory")
+    if is_msmarco_layout(directory):
+        return _load_msmarco(directory, split, corpus)
     if corpus is None:
         corpus = load_corpus(find_file(directory, "corpus.jsonl"))
     queries = load_queries(find_file(directory, "queries.jsonl"))
