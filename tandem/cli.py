@@ -59,6 +59,35 @@ def _load_split(data: str, split: str):
     return directory, load_beir(directory, split)
 
 
+@data_app.command("dpr-lists")
+def data_dpr_lists(train_json: Path = typer.Argument(..., help="DPR training file (nq-train.json), streamed."),
+                   out: Path = typer.Option(..., "--out", help="Training lists to write (JSON lines)."),
+                   corpus: Optional[Path] = typer.Option(None, "--corpus", help="psgs_w100.tsv: drop contexts whose "
+                                                                                "passage id it lacks (counted).")) -> None:
+    """Convert DPR training examples (positive and hard-negative contexts) into tandem training lists."""
+    from tandem.data.beir import load_any_corpus
+    from tandem.data.dpr import iter_dpr_training
+    from tandem.io import atomic_open
+
+    known = load_any_corpus(corpus) if corpus is not None else None
+    n = dropped = no_pos = 0
+    with atomic_open(out) as f:
+        for rec in iter_dpr_training(train_json):
+            if known is not None:
+                keep = lambda es: [e for e in es if e["pid"] in known]  # noqa: E731
+                before = len(rec["positives"]) + len(rec["negatives"])
+                rec["positives"], rec["negatives"] = keep(rec["positives"]), keep(rec["negatives"])
+                dropped += before - len(rec["positives"]) - len(rec["negatives"])
+            if not rec["positives"] or not rec["negatives"]:
+                no_pos += 1
+                continue
+            rec.pop("answers", None)
+            f.write(json.dumps(rec) + "\n")
+            n += 1
+    _echo_err(f"dpr-lists: {n} lists -> {out}; {no_pos} examples without a positive or a negative left out"
+              + (f"; {dropped} contexts not in the corpus dropped" if corpus is not None else ""))
+
+
 @data_app.command("check")
 def data_check(directory: str = typer.Argument(..., help="Dataset directory or name."),
                as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON.")) -> None:
@@ -182,7 +211,12 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
         from tandem.data import load_queries, load_queries_tsv
 
         is_jsonl = queries_file.name.endswith((".jsonl", ".jsonl.gz"))
-        queries = load_queries(queries_file) if is_jsonl else load_queries_tsv(queries_file)
+        if queries_file.name.removesuffix(".gz").endswith(".qa.csv"):  # DPR questions: ids are line numbers
+            from tandem.data.dpr import load_qas
+
+            queries = load_qas(queries_file)[0]
+        else:
+            queries = load_queries(queries_file) if is_jsonl else load_queries_tsv(queries_file)
     else:
         _, ds = _load_split(data, split)
         queries = ds.split_queries()

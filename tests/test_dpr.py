@@ -82,3 +82,43 @@ def test_psgs_and_qas(tmp_path):
     run.write_text("0 Q0 1 1 2.0 x\n0 Q0 2 2 1.0 x\n1 Q0 1 1 2.0 x\n1 Q0 2 2 1.0 x\n")
     out = tandem("evaluate", str(run), "--answers", str(qas), "--corpus", str(psgs), "--k", "1", "--k", "2", "--json")
     assert json.loads(out.stdout) == {"Acc@1": 0.5, "Acc@2": 1.0}
+
+
+def test_dpr_lists_train_and_answer_accuracy_end_to_end(tmp_path, tiny_model_dir):
+    """NQ in DPR's files: convert the training JSON, train on it, search the qa.csv questions, score Acc@k."""
+    from tests.conftest import WORDS
+
+    words = WORDS
+    psgs = ["id\ttext\ttitle"] + [f"{i}\t{' '.join(words[(i * 3 + j) % len(words)] for j in range(10))}\tT{i}"
+                                  for i in range(1, 41)]
+    (tmp_path / "psgs_w100.tsv").write_text("\n".join(psgs) + "\n")
+    train = [{"question": " ".join(words[(i * 3 + j) % len(words)] for j in (1, 4, 7)), "answers": ["x"],
+              "positive_ctxs": [{"title": f"T{i}", "text": "...", "passage_id": str(i)}],
+              "hard_negative_ctxs": [{"passage_id": str(i % 40 + 1)}, {"passage_id": str((i + 7) % 40 + 1)},
+                                     {"passage_id": "999"}], "negative_ctxs": []} for i in range(1, 21)]
+    (tmp_path / "nq-train.json").write_text(json.dumps(train))
+    lists = tmp_path / "lists.jsonl"
+    r = tandem("data", "dpr-lists", str(tmp_path / "nq-train.json"), "--out", str(lists), "--corpus",
+               str(tmp_path / "psgs_w100.tsv"))
+    assert "20 lists" in r.stderr and "20 contexts not in the corpus dropped" in r.stderr
+    first = json.loads(lists.read_text().splitlines()[0])
+    assert first["query"] == train[0]["question"] and first["negatives"][0]["source"] == "bm25"
+    # a dataset directory in DPR's layout is not needed: lists carry their questions; the corpus is psgs_w100
+    qa = tmp_path / "nq-test.qa.csv"
+    qa.write_text("".join(f"{' '.join(words[(i * 3 + j) % len(words)] for j in (2, 5))}\t['{words[(i * 3 + 8) % len(words)]}']\n"
+                          for i in range(1, 11)))
+    tandem("index", "--data", str(tmp_path / "nqdir"), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir),
+           "--max-length", "32", "--no-progress", check=False)  # no dataset dir: refused cleanly
+    (tmp_path / "nqdir").mkdir()
+    (tmp_path / "nqdir" / "collection.tsv").write_text("".join(f"{l.split(chr(9))[0]}\t{l.split(chr(9))[1]}\n"
+                                                               for l in psgs[1:]))
+    tandem("index", "--data", str(tmp_path / "nqdir"), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir),
+           "--max-length", "32", "--no-progress")
+    tandem("train", "--data", str(tmp_path / "nqdir"), "--lists", str(lists), "--out", str(tmp_path / "t"), "--mode",
+           "retriever", "--retriever", str(tiny_model_dir), "max_steps=2", "batch_size=4", "list_size=3",
+           "query_max_length=16", "passage_max_length=32", "--no-progress")
+    run = tmp_path / "run.trec"
+    tandem("search", "--index", str(tmp_path / "idx"), "--queries", str(qa), "--k", "40", "--out", str(run))
+    acc = json.loads(tandem("evaluate", str(run), "--answers", str(qa), "--corpus", str(tmp_path / "psgs_w100.tsv"),
+                            "--k", "1", "--k", "40", "--json").stdout)
+    assert acc["Acc@40"] == 1.0 and 0.0 <= acc["Acc@1"] <= 1.0  # every answer word is in some passage

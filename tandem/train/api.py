@@ -63,10 +63,10 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
     """
     cfg = load_config(config, overrides)
     directory = resolve_dataset(data)
-    ds = load_beir(directory, split)
     if (lists is None) == (run is None):
         raise TandemError("give the training lists (--lists LISTS.jsonl) or a run to build them from (--run RUN.trec)")
     out = Path(out)
+    ds = load_beir(directory, split if lists is None else None)  # lists need no qrels
     if lists is not None:
         training = read_lists(lists, ds.corpus, ds.queries)
     else:
