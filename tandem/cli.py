@@ -32,6 +32,16 @@ class IndexType(str, Enum):
     ivfpq = "ivfpq"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+BackendOpt = typer.Option(Backend.torch, "--backend", help="Inference runtime of the encoder: torch, onnx (ONNX "
+                                                           "Runtime, fp32) or onnx-int8 (dynamic int8 quantisation).")
+
+
 class Pooling(str, Enum):
     mean = "mean"
     cls = "cls"
@@ -149,6 +159,7 @@ def index(data: str = DataOpt,
           embeddings: EmbDtype = typer.Option(EmbDtype.float32, help="Also save embeddings.npy in this dtype."),
           shard_size: int = typer.Option(50_000, "--shard-size", min=1, help="Passages encoded per resumable shard "
                                                                              "(a killed build continues from its shards)."),
+          backend: Backend = BackendOpt,
           progress: bool = ProgressOpt) -> None:
     """Encode the corpus and build a FAISS index (with ids and manifest.json); resumable shard by shard."""
     from tandem.data import resolve_dataset
@@ -162,7 +173,7 @@ def index(data: str = DataOpt,
     corpus_file = beir_corpus_file(directory)
     corpus = load_any_corpus(corpus_file)
     encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
-                                      normalize=normalize)
+                                      normalize=normalize, backend=backend.value)
     idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
                       index_type=index_type.value,
                       batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
@@ -184,6 +195,7 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
            model: Optional[str] = typer.Option(None, help="Query encoder; must be the model the index was built with "
                                                           "(default: read from the index manifest)."),
            batch_size: int = typer.Option(64, "--batch-size", min=1),
+           backend: Backend = BackendOpt,
            progress: bool = ProgressOpt) -> None:
     """Retrieve top-k passages for a dataset's queries (TREC run) or for one query string."""
     from tandem.data import write_run
@@ -195,6 +207,7 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
         raise TandemError("--query is empty")
     t0 = time.perf_counter()
     idx, encoder = load_index_and_encoder(index_dir, model)
+    encoder.set_backend(backend.value)
     if query is not None:
         from tandem.data import ranked, resolve_dataset
         from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
@@ -386,6 +399,7 @@ def mine(ctx: typer.Context,
                                                                          "(0: all)."),
          max_pseudo: int = typer.Option(3, "--max-pseudo", min=0, help="Pseudo-positives per query at most."),
          restart: bool = typer.Option(False, "--restart", help="Discard the work files of an earlier run."),
+         backend: Backend = BackendOpt,
          progress: bool = ProgressOpt) -> None:
     """Mine hard negatives, denoise them with a re-ranker and write training lists with a report.
 
@@ -399,7 +413,7 @@ def mine(ctx: typer.Context,
                             denoise_top=denoise_top, max_pseudo=max_pseudo)
     result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
                    warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,
-                   restart=restart)
+                   restart=restart, backend=backend.value)
     r = result.report
     _echo_err(f"mine: {r['lists']} lists -> {out} ({r['total_seconds']:.0f}s); mean {r['candidates_per_query']['mean']:.1f} "
               f"candidates per query, a labelled positive retrieved for {100 * r['positives_retrieved_share']:.1f}% of queries")
@@ -428,14 +442,15 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
           max_k: int = typer.Option(100, "--max-k", min=1),
           max_candidates: int = typer.Option(1000, "--max-candidates", min=1),
           allow_untrained_reranker: bool = typer.Option(False, "--allow-untrained-reranker",
-                                                        help="Serve a re-ranker with a new head (its scores are noise).")) -> None:
+                                                        help="Serve a re-ranker with a new head (its scores are noise)."),
+          backend: Backend = BackendOpt) -> None:
     """Serve retrieval + re-ranking over HTTP: POST /search, GET /health, /info, /docs, and a search page at /."""
     from tandem.serve import ServeSettings, serve as _serve
 
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queries=max_queries, max_k=max_k,
                              max_candidates=max_candidates, api_key=api_key or None, allow_reload=allow_reload)
     _serve(index, reranker=reranker, data=data, host=host, port=port, settings=settings,
-           allow_untrained_reranker=allow_untrained_reranker)
+           allow_untrained_reranker=allow_untrained_reranker, backend=backend.value)
 
 
 @app.command("train-settings")

@@ -155,8 +155,8 @@ class _Searchers:
     """The first stages, built lazily (only when some query is still to be retrieved)."""
 
     def __init__(self, ds: Dataset, settings: MineSettings, work: Path, retriever: str | None,
-                 index: str | Path | None, progress: bool):
-        self.ds, self.settings, self.work, self.progress = ds, settings, work, progress
+                 index: str | Path | None, progress: bool, backend: str = "torch"):
+        self.ds, self.settings, self.work, self.progress, self.backend = ds, settings, work, progress, backend
         self.retriever, self.index_dir = retriever, index
         self.dense = self.bm25 = None
 
@@ -168,8 +168,10 @@ class _Searchers:
             if not (index_dir / "manifest.json").exists():
                 if self.index_dir:
                     raise TandemError(f"{index_dir}: not a tandem index (no manifest.json); build it with `tandem index`")
-                build_index(self.ds.corpus, index_dir, _passage_encoder(self.retriever), progress=self.progress)
-            self.dense = load_index_and_encoder(index_dir)
+                build_index(self.ds.corpus, index_dir, _passage_encoder(self.retriever).set_backend(self.backend),
+                            progress=self.progress)
+            index, encoder = load_index_and_encoder(index_dir)
+            self.dense = index, encoder.set_backend(self.backend)
         if self.settings.bm25:
             from tandem.index.bm25 import BM25
 
@@ -368,7 +370,7 @@ def _positives(ds: Dataset) -> dict[str, list[str]]:
 def mine(data: str | Path, out: str | Path, retriever: str | None = None, index: str | Path | None = None,
          reranker: Any = None, warmup_reranker: bool = False, warmup_steps: int = 60,
          warmup_overrides: dict[str, Any] | list[str] | None = None, settings: MineSettings | None = None,
-         progress: bool = True, restart: bool = False, ds: Dataset | None = None,
+         progress: bool = True, restart: bool = False, ds: Dataset | None = None, backend: str = "torch",
          _stop: dict[str, int] | None = None) -> MineResult:
     """Mine, (optionally) denoise and write training lists to ``out``; the report goes beside it.
 
@@ -379,6 +381,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
             the undenoised lists (``warmup_steps`` of ``--mode reranker``, ``warmup_overrides``).
             With neither, the lists hold the undenoised pool only.
         restart: discard the work files of an earlier run instead of resuming.
+        backend: the dense retriever's inference runtime (torch, onnx, onnx-int8).
     """
     from tandem.data import load_beir, resolve_dataset
 
@@ -413,7 +416,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     write_json(work / "manifest.json", state)
     t0 = time.perf_counter()
     cand_path = work / "candidates.jsonl"
-    retrieve(ds, qids, cand_path, settings, _Searchers(ds, settings, work, retriever, index, progress), progress,
+    retrieve(ds, qids, cand_path, settings, _Searchers(ds, settings, work, retriever, index, progress, backend), progress,
              (_stop or {}).get("retrieve"))
     seconds["retrieve"] = time.perf_counter() - t0
 

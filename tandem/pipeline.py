@@ -58,13 +58,14 @@ class Pipeline:
 
     @classmethod
     def load(cls, index_dir: str | Path, reranker: str | Path | None = None, data: str | Path | None = None,
-             allow_untrained_reranker: bool = False) -> "Pipeline":
+             allow_untrained_reranker: bool = False, backend: str = "torch") -> "Pipeline":
         """Load an index (its model encodes queries), its corpus and a re-ranker.
 
         Args:
             data: the dataset (BEIR dir or name) whose corpus the index holds; default: the corpus
                 file recorded in the index manifest. Texts are needed for re-ranking and results.
             allow_untrained_reranker: accept a re-ranker whose head is new (scores are noise).
+            backend: the query encoder's runtime: torch, onnx or onnx-int8.
         """
         from tandem.data import resolve_dataset
         from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
@@ -75,6 +76,7 @@ class Pipeline:
         if not (index_dir / "manifest.json").exists():
             raise IncompatibleArtifactError(f"{index_dir}: not a tandem index (no manifest.json)")
         index, encoder = load_index_and_encoder(index_dir)
+        encoder.set_backend(backend)
         corpus = None
         corpus_file = None
         if data is not None:
@@ -104,7 +106,7 @@ class Pipeline:
                 log.warning("re-ranker %s has an untrained head: its scores are noise", reranker)
             ce.eval()
         info = {"index": str(index_dir), "passages": len(index), "dim": int(index.index.d),
-                "index_type": index.info.get("index_type"), "model": index.info.get("model"),
+                "index_type": index.info.get("index_type"), "model": index.info.get("model"), "backend": backend,
                 "reranker": str(reranker) if reranker is not None else None,
                 "corpus": str(corpus_file) if corpus_file else None, "manifest": index.info}
         return cls(index, encoder, corpus, ce, info)

@@ -252,13 +252,13 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
 
 def serve(index: str | Path, reranker: str | None = None, data: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, settings: ServeSettings = ServeSettings(), allow_untrained_reranker: bool = False,
-          log_level: str = "info") -> None:
+          log_level: str = "info", backend: str = "torch") -> None:
     """Load the pipeline (failing fast on a bad index or model), then serve it until stopped."""
     import uvicorn
 
     def loader(new_index: str | None) -> Pipeline:
         return Pipeline.load(new_index or index, reranker=reranker, data=data,
-                             allow_untrained_reranker=allow_untrained_reranker)
+                             allow_untrained_reranker=allow_untrained_reranker, backend=backend)
 
     pipeline = loader(None)
     app = create_app(pipeline, settings, loader)

@@ -113,16 +113,36 @@ class Encoder(nn.Module):
         self.tokenizer = tokenizer
         self.settings = settings
         self.name = name
+        self.runtime = None  # an ONNX Runtime body for inference (set_backend), else the PyTorch one
+        self.backend = "torch"
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike | None = None, **overrides) -> "Encoder":
         """Load from a hub id or directory; ``overrides`` (pooling, normalize, max_length, prefix) win
-        over what the directory records. ``None`` is the embedded all-MiniLM-L6-v2."""
+        over what the directory records. ``None`` is the embedded all-MiniLM-L6-v2. ``backend``
+        (torch, onnx, onnx-int8) picks the inference runtime (training always uses PyTorch)."""
+        backend = overrides.pop("backend", None) or "torch"
         name = resolve_model(name_or_dir)
         recorded = read_st_settings(Path(name)) if Path(name).is_dir() else {}
         values = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
         settings = EncoderSettings(**{k: v for k, v in values.items() if k in EncoderSettings.__dataclass_fields__})
-        return cls(load_backbone(name), load_tokenizer(name), settings, name=name)
+        enc = cls(load_backbone(name), load_tokenizer(name), settings, name=name)
+        return enc.set_backend(backend)
+
+    def set_backend(self, backend: str) -> "Encoder":
+        """Run inference (``encode``) in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``)."""
+        if backend == "torch":
+            self.runtime, self.backend = None, "torch"
+            return self
+        from tandem.models.hf import model_fingerprint
+        from tandem.models.onnx_backend import onnx_body
+
+        params = list(self.backbone.parameters())
+        # the weights' identity: the files' fingerprint plus a checksum of the loaded tensors (trained in memory?)
+        check = sum(float(p.detach().double().abs().sum()) for p in (params[0], params[-1]))
+        key = f"{model_fingerprint(self.name)}-{check:.8e}".replace("/", "__")
+        self.runtime, self.backend = onnx_body(self.backbone, key, backend), backend
+        return self
 
     @property
     def dim(self) -> int:
@@ -148,7 +168,10 @@ class Encoder(nn.Module):
         return pad_batch(ids, self.tokenizer.pad_token_id or 0, self.device)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **kwargs) -> EncoderOutput:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if self.runtime is not None and not torch.is_grad_enabled():
+            out = self.runtime(input_ids, attention_mask)
+        else:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         reps = pool(out.last_hidden_state, attention_mask, self.settings.pooling)  # (B, H)
         if self.settings.normalize:
             reps = nn.functional.normalize(reps, dim=-1)

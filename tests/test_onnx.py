@@ -1,0 +1,54 @@
+"""The ONNX Runtime backend: same vectors as PyTorch (fp32), close ones (int8), cached export, CLI flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from tandem.models.encoder import Encoder  # noqa: E402
+from tests.test_cli import tandem  # noqa: E402
+
+TEXTS = ["glucose sleep effect", "insulin mouse brain cell kidney obesity risk study", "a", "heart " * 40]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TANDEM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def test_onnx_fp32_matches_torch_and_int8_stays_close(tiny_model_dir, cache):
+    torch_enc = Encoder.from_pretrained(str(tiny_model_dir), max_length=32)
+    ref = torch_enc.encode(TEXTS, batch_size=2)
+    onnx_enc = Encoder.from_pretrained(str(tiny_model_dir), max_length=32, backend="onnx")
+    assert onnx_enc.backend == "onnx"
+    np.testing.assert_allclose(onnx_enc.encode(TEXTS, batch_size=2), ref, rtol=1e-4, atol=1e-5)
+    int8 = Encoder.from_pretrained(str(tiny_model_dir), max_length=32, backend="onnx-int8").encode(TEXTS, batch_size=3)
+    cos = (int8 * ref).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.95 and not np.allclose(int8, ref, atol=1e-6)  # quantised, and close
+    files = sorted(p.name for p in cache.rglob("*.onnx"))
+    assert files == ["model-int8-pc.onnx", "model.onnx"]
+    mtime = next(cache.rglob("model.onnx")).stat().st_mtime_ns
+    Encoder.from_pretrained(str(tiny_model_dir), max_length=32, backend="onnx")  # cached: not exported again
+    assert next(cache.rglob("model.onnx")).stat().st_mtime_ns == mtime
+    # training still runs in PyTorch, with gradients
+    onnx_enc.train()
+    reps = onnx_enc.embed(TEXTS[:2])
+    reps.sum().backward()
+    assert next(onnx_enc.backbone.parameters()).grad is not None
+
+
+def test_cli_index_and_search_with_onnx(tiny_dataset, tiny_model_dir, tmp_path, cache):
+    env = {"TANDEM_CACHE": str(tmp_path / "cache")}
+    for backend in ("torch", "onnx"):
+        tandem("index", "--data", str(tiny_dataset), "--out", str(tmp_path / backend), "--model", str(tiny_model_dir),
+               "--max-length", "32", "--backend", backend, "--no-progress", env=env)
+        tandem("search", "--index", str(tmp_path / backend), "--data", str(tiny_dataset), "--k", "5", "--backend",
+               backend, "--out", str(tmp_path / f"{backend}.trec"), env=env)
+    a = np.load(tmp_path / "torch" / "embeddings.npy")
+    b = np.load(tmp_path / "onnx" / "embeddings.npy")
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    runs = [(tmp_path / f"{x}.trec").read_text().split("\n") for x in ("torch", "onnx")]
+    assert [l.split()[:3] for l in runs[0] if l] == [l.split()[:3] for l in runs[1] if l]
