@@ -224,8 +224,12 @@ def retrieve(ds: Dataset, qids: list[str], path: Path, settings: MineSettings, s
 # ---- 2-4. scoring and calibration ---------------------------------------------------------------
 def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settings: MineSettings,
                      positives: Mapping[str, list[str]], n_queries: int, progress: bool = False,
-                     stop_after: int | None = None) -> None:
-    """Append the re-ranker's logits for each query's (first ``denoise_top``) candidates and positives."""
+                     stop_after: int | None = None, held: set[str] | None = None) -> None:
+    """Append the re-ranker's logits for each query's (first ``denoise_top``) candidates.
+
+    Labelled positives outside the candidates are scored too for the ``held`` (calibration)
+    queries, or for every query when ``held`` is None.
+    """
     done = done_qids(path)
     written = 0
     with open(path, "a", encoding="utf-8") as f, \
@@ -251,7 +255,8 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             cands = [c["pid"] for c in rec["candidates"]]
             if settings.denoise_top:
                 cands = cands[: settings.denoise_top]
-            pos = [p for p in positives.get(rec["qid"], []) if p not in set(cands)]
+            pos = [p for p in positives.get(rec["qid"], []) if p not in set(cands)] \
+                if held is None or rec["qid"] in held else []
             batch.append({"qid": rec["qid"], "pids": cands + pos})
             if len(batch) * max(len(cands) + len(pos), 1) >= 8 * settings.rerank_batch:
                 flush()
@@ -439,20 +444,20 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         write_json(work / "manifest.json", state)
         t0 = time.perf_counter()
         score_path = work / "scores.jsonl"
+        held = heldout_qids(qids, settings.calibration_fraction)
         if len(done_qids(score_path)) < len(qids):
             denoiser = reranker if loaded else Reranker.from_pretrained(reranker)
             if not getattr(getattr(denoiser, "settings", None), "trained", True):
                 raise TandemError(f"re-ranker {ident!r} has an untrained head: it cannot denoise. Pass a trained "
                                   "re-ranker, or --warmup-reranker to train one first")
             score_candidates(ds, cand_path, score_path, denoiser, settings, positives, len(qids), progress,
-                             (_stop or {}).get("score"))
+                             (_stop or {}).get("score"), held)
         seconds["score"] = time.perf_counter() - t0
-        held = heldout_qids(qids, settings.calibration_fraction)
         calibration = calibrate(score_path, positives, held, settings)
 
     t0 = time.perf_counter()
     report = _write_lists(ds, out, cand_path, work / "scores.jsonl" if reranker is not None else None, positives,
-                          calibration, settings)
+                          calibration, settings, heldout_qids(qids, settings.calibration_fraction))
     seconds["lists"] = time.perf_counter() - t0
     report.update({"settings": asdict(settings), "retriever": retriever, "index": str(index) if index else None,
                    "reranker": None if reranker is None else (str(reranker) if isinstance(reranker, (str, Path))
@@ -506,7 +511,7 @@ def _warmup(ds, directory, work: Path, cand_path: Path, positives, settings: Min
 
 
 def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | None, positives, calibration,
-                 settings: MineSettings) -> dict[str, Any]:
+                 settings: MineSettings, held: set[str] | None = None) -> dict[str, Any]:
     """Stream candidates (+ scores) into the lists file (atomically) and gather the report's statistics."""
     a, b = (calibration["a"], calibration["b"]) if calibration else (1.0, 0.0)
     scores = iter_lines(score_path) if score_path else None
@@ -542,7 +547,8 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
                     raise TandemError(f"{score_path}: out of step with {cand_path} at query {qid!r}; rerun with --restart")
                 p = _sigmoid(a * np.asarray(srec["logits"], dtype=np.float64) + b)
                 probs = dict(zip(srec["pids"], map(float, p)))
-                pos_probs += [probs[x] for x in labelled if x in probs]
+                if held is None or qid in held:
+                    pos_probs += [probs[x] for x in labelled if x in probs]
             cand_counts.append(len(cands))
             n_cands += len(cands)
             rank_of = {c["pid"]: c["rank"] for c in cands}
@@ -650,7 +656,8 @@ def render_report(r: dict[str, Any]) -> str:
               f"| denoised negatives | {d['denoised_negatives']} | {100 * d['denoised_share']:.1f}% |",
               f"| pseudo-positives added | {d['pseudo_positives']} (in {d['queries_with_pseudo_positive']} queries) | |",
               "",
-              f"Labelled positives as the denoiser sees them: mean probability "
+              f"Labelled positives as the denoiser sees them (the calibration queries', which a warm-up did not "
+              f"train on): mean probability "
               f"{lp['mean'] if lp['mean'] is None else round(lp['mean'], 3)}; "
               f"above the high threshold {_pct(lp['above_high'])}, below the low one {_pct(lp['below_low'])} "
               "(a labelled positive is never made a negative, whatever its score).", ""]
