@@ -123,7 +123,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
     per_list_joint = 2 * cfg.list_size + 1
     est = {"bm25": 5.0, "zs-index": n_passages / enc + 10, "zero-shot": n_test / 200 + 5, "lists": n_train / 200 + 5,
            "warmup": cfg.warmup_steps * cfg.batch_size * cfg.list_size / seq + 30,
-           "denoise": (n_train * ((cfg.denoise_top or cfg.top_n) + 1.2) / pairs + 10) if cfg.denoise else 0.0,
+           "denoise": (n_train * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10) if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * cfg.batch_size * per_list_joint / seq + 30,
            "joint-index": n_passages / enc + 10, "rerank": n_test * cfg.rerank_k / pairs + 5}
     if cfg.retriever_only_steps:
