@@ -388,6 +388,9 @@ def mine(ctx: typer.Context,
          low: float = typer.Option(0.1, "--low", help="Probability below which a candidate is a denoised negative."),
          high: float = typer.Option(0.9, "--high", help="Probability above which a candidate becomes a pseudo-positive "
                                                         "(> 1: none)."),
+         low_from_positives: float = typer.Option(0.0, "--low-from-positives", min=0.0, max=0.99,
+                                                  help="Set --low to this quantile of the held-out labelled positives' "
+                                                       "probabilities (e.g. 0.1)."),
          denoise_by: DenoiseBy = typer.Option(DenoiseBy.prob, "--denoise-by", help="prob thresholds, or rank cuts "
                                                                                     "(--low-rank/--high-rank)."),
          low_rank: int = typer.Option(10, "--low-rank", help="rank mode: re-ranker ranks below this are denoised negatives."),
@@ -409,7 +412,7 @@ def mine(ctx: typer.Context,
     from tandem.mine import MineSettings, mine as _mine
 
     settings = MineSettings(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low,
-                            high=high, low_rank=low_rank, high_rank=high_rank, calibration=calibration.value,
+                            high=high, low_from_positives=low_from_positives, low_rank=low_rank, high_rank=high_rank, calibration=calibration.value,
                             denoise_top=denoise_top, max_pseudo=max_pseudo)
     result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
                    warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,

@@ -55,6 +55,9 @@ class MineSettings:
     denoise_by: str = _f("prob", "prob: thresholds on calibrated probabilities; rank: cuts on the re-ranker's ranks")
     low: float = _f(0.1, "prob mode: candidates below this probability are denoised negatives")
     high: float = _f(0.9, "prob mode: candidates above this probability become pseudo-positives")
+    low_from_positives: float = _f(0.0, "prob mode, if > 0: set low to this quantile of the held-out labelled "
+                                        "positives' probabilities (e.g. 0.1: at most ~10% of real positives would "
+                                        "fall in the denoised pool)")
     low_rank: int = _f(10, "rank mode: candidates the re-ranker ranks below this are denoised negatives")
     high_rank: int = _f(0, "rank mode: the re-ranker's top-k candidates (not labelled) become pseudo-positives")
     calibration: str = _f("platt", "platt: sigmoid(a*logit+b) fitted on held-out labelled pairs; sigmoid: a=1, b=0")
@@ -74,6 +77,7 @@ class MineSettings:
             (self.calibration in ("platt", "sigmoid"), "calibration must be platt or sigmoid"),
             (0.0 <= self.low <= self.high <= 1.0 or self.high > 1.0, "need 0 <= low <= high (high > 1: no pseudo-positives)"),
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
+            (0.0 <= self.low_from_positives < 1.0, "low_from_positives must be in [0, 1)"),
         ] if not ok]
         if problems:
             raise ConfigError("; ".join(problems))
@@ -326,6 +330,8 @@ def calibrate(scores: Path, positives: Mapping[str, list[str]], held: set[str], 
         a, b = fit_platt(x, y)
     out: dict[str, Any] = {"method": settings.calibration, "a": a, "b": b, "pairs": int(len(x)),
                            "positives": int(y.sum()), "queries": len(held)}
+    if settings.low_from_positives and y.sum():
+        out["low_from_positives"] = float(np.quantile(_sigmoid(a * x[y > 0] + b), settings.low_from_positives))
     if len(x) and 0 < y.sum() < len(y):
         p = np.clip(_sigmoid(a * x + b), 1e-7, 1 - 1e-7)
         out["log_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -454,6 +460,10 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
                              (_stop or {}).get("score"), held)
         seconds["score"] = time.perf_counter() - t0
         calibration = calibrate(score_path, positives, held, settings)
+        if "low_from_positives" in calibration:
+            log.info("mine: low threshold %.4f = the %.0f%% quantile of held-out positives' probabilities",
+                     calibration["low_from_positives"], 100 * settings.low_from_positives)
+            settings = replace(settings, low=calibration["low_from_positives"])
 
     t0 = time.perf_counter()
     report = _write_lists(ds, out, cand_path, work / "scores.jsonl" if reranker is not None else None, positives,
@@ -638,7 +648,9 @@ def render_report(r: dict[str, Any]) -> str:
         lines += ["", "No re-ranker given: the lists hold the undenoised pool only.", ""]
         return "\n".join(lines)
     c = d["calibration"]
-    mode = (f"probability < {s['low']} -> denoised negative, > {s['high']} -> pseudo-positive"
+    chosen = (f" (low chosen as the {100 * s['low_from_positives']:.0f}% quantile of the held-out positives' "
+              "probabilities)") if s.get("low_from_positives") else ""
+    mode = (f"probability < {s['low']:.4g}{chosen} -> denoised negative, > {s['high']} -> pseudo-positive"
             if s["denoise_by"] == "prob" else
             f"re-ranker rank > {s['low_rank']} -> denoised negative, rank <= {s['high_rank']} -> pseudo-positive")
     lp = d["labelled_positives_probability"]

@@ -182,3 +182,14 @@ def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path)
     assert r.returncode == 0, r.stderr
     r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--reranker", "x", "--warmup-reranker", check=False)
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_low_threshold_from_held_out_positives(planted, tmp_path):
+    data, _, _ = planted
+    res = mine(data, tmp_path / "q.jsonl", reranker=OverlapScorer(), progress=False,
+               settings=_settings(low_from_positives=0.5, high=1.5))
+    low = res.report["denoising"]["calibration"]["low_from_positives"]
+    assert res.report["settings"]["low"] == low and 0.5 < low < 1.0  # positives share all 4 words: p ~ 0.9975
+    for o in _lists(res.lists).values():
+        assert all(e["ce"] < low for e in o["negatives"] if e["source"] == "denoised")
+    assert "quantile of the held-out positives" in (tmp_path / "q.report.md").read_text()
