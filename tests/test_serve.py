@@ -174,6 +174,10 @@ def test_search_page_in_a_headless_browser_and_clean_shutdown(served, tmp_path):
     server = Server(str(root / "idx"))  # no key, no re-ranker, no reload
     try:
         assert call(server.url + "/reload", {})[0] == 403
+        code, spec = call(server.url + "/openapi.json")
+        assert code == 200 and {"/search", "/health", "/info", "/reload"} <= set(spec["paths"])
+        with urllib.request.urlopen(server.url + "/docs", timeout=30) as r:
+            assert r.status == 200 and b"swagger" in r.read().lower()
         code, out = call(server.url + "/search", {"query": "glucose", "k": 2})
         assert code == 200 and not out["reranked"] and out["results"][0]["hits"][0]["rerank_score"] is None
         if chromium is None:
