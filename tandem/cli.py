@@ -482,11 +482,16 @@ def _recipe(config: Path, out: Path, overrides: list[str], dry_run: bool, progre
     cfg = load_recipe(config, overrides)
     result = run_recipe(cfg, out, progress=progress, dry_run=dry_run)
     if dry_run:
+        mem = result["plan_memory_bytes"]
         for stage, secs in result["plan_seconds"].items():
-            typer.echo(f"{stage:<22} ~{secs:6.0f} s")
-        typer.echo(f"{'total':<22} ~{result['total_seconds']:6.0f} s  (estimates from this CPU's measured rates)")
+            peak = f"   peak ~{mem[stage] / 2**30:6.2f} GiB" if stage in mem else ""
+            typer.echo(f"{stage:<22} ~{secs:8.0f} s{peak}")
+        where = ("this CPU's measured rates" if result["measured_here"] else f"the given rates {result['rates']}")
+        typer.echo(f"{'total':<22} ~{result['total_seconds']:8.0f} s  ({result['total_seconds'] / 3600:.1f} h; "
+                   f"estimates from {where}, on {result['devices']} device(s); memory per device)")
         return
-    _print_report(result, out)
+    if result:  # under torchrun, rank 0 alone returns the report
+        _print_report(result, out)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -35,7 +35,9 @@ CPU_RATES = {"encode_per_s": 50.0, "train_seq_per_s": 9.5, "rerank_pairs_per_s":
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    data: str = _f("scifact", "dataset name or BEIR directory")
+    data: str = _f("scifact", "dataset name or directory (BEIR, or MS MARCO passage files)")
+    train_split: str = _f("train", "qrels split of the training queries")
+    eval_split: str = _f("test", "qrels split the report evaluates on (MS MARCO: dev)")
     model: str = _f("default", "encoder the retriever and re-ranker start from (default: embedded MiniLM)")
     max_length: int = _f(128, "passage tokens for indexing and retriever training")
     query_max_length: int = _f(32, "query tokens")
@@ -57,6 +59,14 @@ class RecipeConfig:
     heldout_fraction: float = _f(0.1, "training lists held out for the curves and the kl_gate")
     eval_every: int = _f(10, "held-out evaluation every N steps")
     train: dict = _f(None, "extra training settings (see tandem train-settings) for every training stage")
+    plan_passages: int = _f(0, "--dry-run: plan for this corpus size instead of the data's (with the two below, "
+                               "the data need not be present)")
+    plan_train_queries: int = _f(0, "--dry-run: plan for this many training queries")
+    plan_eval_queries: int = _f(0, "--dry-run: plan for this many evaluation queries")
+    devices: int = _f(1, "--dry-run cost model: processes/GPUs the training and encoding stages are spread over")
+    rates: dict = _f(None, "--dry-run cost model: measured throughputs of ONE device (encode_per_s at 128 passage "
+                           "tokens, train_seq_per_s at 128 tokens, rerank_pairs_per_s at 160 tokens); default: "
+                           "this project's 2-core CPU")
 
     def train_overrides(self, mode: str, steps: int) -> dict[str, Any]:
         return {"mode": mode, "max_steps": steps, "list_size": self.list_size, "batch_size": self.batch_size,
@@ -82,15 +92,24 @@ def shipped_config(name: str) -> Path:
 class Stages:
     """Runs named stages once; a stage whose ``done.json`` records the same settings is skipped."""
 
-    def __init__(self, out: Path, plan: dict[str, float] | None = None):
+    def __init__(self, out: Path, plan: dict[str, float] | None = None, rank: int = 0):
         self.out = out
         self.seconds: dict[str, float] = {}
         self.keys: dict[str, str] = {}
         self.plan = plan or {}
         self.t0 = time.perf_counter()
+        self.rank = rank  # under torchrun: rank 0 runs the single-process stages, every rank the training ones
 
-    def run(self, name: str, settings: dict[str, Any], fn: Callable[[Path], None], after: tuple[str, ...] = ()) -> Path:
-        """Run ``fn(stage_dir)`` unless done with the same settings and the same upstream stages."""
+    def run(self, name: str, settings: dict[str, Any], fn: Callable[[Path], None], after: tuple[str, ...] = (),
+            every_rank: bool = False) -> Path:
+        """Run ``fn(stage_dir)`` unless done with the same settings and the same upstream stages.
+
+        Under torchrun, ``every_rank`` stages (training) run on all processes, the others on rank 0
+        while the rest wait; rank 0 alone writes the stage records.
+        """
+        from tandem.train.distributed import barrier
+
+        barrier()
         key_src = json.dumps({"settings": settings, "after": [self.keys[a] for a in after]}, sort_keys=True,
                              default=str)
         key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
@@ -101,27 +120,43 @@ class Stages:
             self.seconds[name] = float(read_json(done).get("seconds", 0.0))
             log.info("stage %-16s up to date (%.0fs when run), skipped", name, self.seconds[name])
             return stage_dir
-        if stage_dir.exists() and not (started.exists() and read_json(started).get("key") == key and not done.exists()):
+        main = self.rank == 0
+        if main and stage_dir.exists() and not (started.exists() and read_json(started).get("key") == key
+                                                and not done.exists()):
             shutil.rmtree(stage_dir)  # settings changed: start afresh (a killed run of the same settings resumes)
         left = sum(v for k, v in self.plan.items() if k not in self.seconds)
-        log.info("stage %-16s running (elapsed %.0fs, estimated left %.0fs)", name, time.perf_counter() - self.t0, left)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        write_json(started, {"key": key})
+        if main:
+            log.info("stage %-16s running (elapsed %.0fs, estimated left %.0fs)", name, time.perf_counter() - self.t0,
+                     left)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            write_json(started, {"key": key})
+        barrier()
         t0 = time.perf_counter()
-        fn(stage_dir)
+        if main or every_rank:
+            fn(stage_dir)
         self.seconds[name] = time.perf_counter() - t0
-        write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name]))
-        log.info("stage %-16s done in %.0fs", name, self.seconds[name])
+        if main:
+            write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name]))
+            log.info("stage %-16s done in %.0fs", name, self.seconds[name])
+        barrier()
         return stage_dir
 
 
 def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[str, float]:
-    """Estimated seconds per stage from the CPU rates measured here (scaled by length)."""
-    enc = CPU_RATES["encode_per_s"] * 128 / cfg.max_length
-    seq = CPU_RATES["train_seq_per_s"] * 128 / cfg.max_length
-    pairs = CPU_RATES["rerank_pairs_per_s"] * 160 / cfg.reranker_max_length
+    """Estimated seconds per stage from measured throughputs (``cfg.rates`` or this CPU's), scaled by length.
+
+    Encoding, re-ranking and attention costs are taken as linear in length (a slight underestimate
+    for long inputs); training and encoding stages are divided over ``cfg.devices``.
+    """
+    rates = {**CPU_RATES, **(cfg.rates or {})}
+    dev = max(1, cfg.devices)
+    enc = rates["encode_per_s"] * 128 / cfg.max_length * dev
+    seq = rates["train_seq_per_s"] * 128 / cfg.max_length * dev
+    pairs = rates["rerank_pairs_per_s"] * 160 / cfg.reranker_max_length * dev
     per_list_joint = 2 * cfg.list_size + 1
-    est = {"bm25": 5.0, "zs-index": n_passages / enc + 10, "zero-shot": n_test / 200 + 5, "lists": n_train / 200 + 5,
+    queries = enc * cfg.max_length / cfg.query_max_length  # queries/s: short texts
+    est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": n_test / queries + 5,
+           "lists": n_train / queries + 5,
            "warmup": cfg.warmup_steps * cfg.batch_size * cfg.list_size / seq + 30,
            "denoise": (n_train * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10) if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * cfg.batch_size * per_list_joint / seq + 30,
@@ -131,23 +166,79 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
     return est
 
 
+def model_shape(model: str | None) -> dict[str, int]:
+    """hidden size, layers, heads and parameter count of an encoder, from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from tandem.models.hf import resolve_model
+
+    c = AutoConfig.from_pretrained(resolve_model(model))
+    h, layers, heads = c.hidden_size, c.num_hidden_layers, c.num_attention_heads
+    inter = getattr(c, "intermediate_size", 4 * h)
+    params = c.vocab_size * h + getattr(c, "max_position_embeddings", 512) * h + layers * (4 * h * h + 2 * h * inter)
+    return {"hidden": h, "layers": layers, "heads": heads, "params": int(params)}
+
+
+def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: bool) -> dict[str, float]:
+    """Estimated peak memory (bytes) per stage on one device.
+
+    Training: each trained model's weights, gradients and AdamW moments (16 bytes a parameter) plus
+    activations of the sequences alive at once (a micro-batch, or ``chunk_size`` with gradient
+    caching) at ``34 h + 5 a s`` bytes per token and layer in 16-bit (Korthikanti et al. 2022), twice
+    that in fp32 on CPU. Indexing: the fp32 vectors of the corpus (a flat index holds them all).
+    """
+    h, layers, heads, params = shape["hidden"], shape["layers"], shape["heads"], shape["params"]
+    per_token_layer = (34 * h + 5 * heads * cfg.max_length) * (1 if gpu else 2)
+    extra = cfg.train or {}
+    chunk = int(extra.get("chunk_size", 0) or 0)
+    batch = max(1, cfg.batch_size // max(1, cfg.devices))
+
+    def acts(seqs: int, length: int) -> float:
+        live = min(seqs, chunk) if chunk else seqs
+        return live * length * layers * per_token_layer
+
+    states = 16.0 * params
+    retr = acts(batch * (cfg.list_size + 1), cfg.max_length)
+    rer = acts(batch * cfg.list_size, cfg.reranker_max_length)
+    vectors = 4.0 * n_passages * h
+    return {"warmup": states + rer, "joint": 2 * states + max(retr, rer), "zs-index": vectors + 4 * params,
+            "joint-index": vectors + 4 * params, "denoise": 4 * params, "rerank": 4 * params,
+            **({"retriever-only": states + retr} if cfg.retriever_only_steps else {})}
+
+
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
     """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan)."""
     from tandem.data import load_beir, resolve_dataset
 
+    from tandem.train.distributed import world
+
     t_start = time.perf_counter()
     out = Path(out)
-    directory = resolve_dataset(cfg.data)
-    train_ds = load_beir(directory, "train")
-    test_ds = load_beir(directory, "test", corpus=train_ds.corpus)
-    estimate = plan(cfg, len(train_ds.corpus), len(train_ds.qrels), len(test_ds.qrels))
+    if dry_run and cfg.plan_passages and cfg.plan_train_queries and cfg.plan_eval_queries:
+        sizes = (cfg.plan_passages, cfg.plan_train_queries, cfg.plan_eval_queries)  # what-if: no data needed
+    else:
+        directory = resolve_dataset(cfg.data)
+        train_ds = load_beir(directory, cfg.train_split)
+        test_ds = load_beir(directory, cfg.eval_split, corpus=train_ds.corpus)
+        sizes = (cfg.plan_passages or len(train_ds.corpus), cfg.plan_train_queries or len(train_ds.qrels),
+                 cfg.plan_eval_queries or len(test_ds.qrels))
+    estimate = plan(cfg, *sizes)
     if dry_run:
-        return {"plan_seconds": estimate, "total_seconds": sum(estimate.values())}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "recipe.json", {**asdict(cfg), "data_dir": str(directory)})
-    stages = Stages(out, estimate)
+        import torch
+
+        gpu = torch.cuda.is_available() or bool(cfg.rates)
+        memory = memory_plan(cfg, sizes[0], model_shape(None if cfg.model == "default" else cfg.model), gpu)
+        return {"plan_seconds": estimate, "plan_memory_bytes": memory, "total_seconds": sum(estimate.values()),
+                "devices": cfg.devices, "rates": {**CPU_RATES, **(cfg.rates or {})}, "measured_here": not cfg.rates}
+    rank, _, _ = world()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "recipe.json", {**asdict(cfg), "data_dir": str(directory)})
+    stages = Stages(out, estimate, rank)
     runner = _Runner(cfg, out, train_ds, test_ds, stages, progress)
     runner.run_all(str(directory.resolve()))
+    if rank != 0:
+        return {}
     report = runner.report(time.perf_counter() - t_start)
     write_json(out / "report.json", report)
     with atomic_open(out / "report.md") as f:
@@ -192,7 +283,8 @@ class _Runner:
         def lists(d: Path, reranker: str | None = None) -> None:
             from tandem.mine import MineSettings, mine
 
-            ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top)
+            ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top,
+                              split=cfg.train_split)
             mine(self.data_dir, d / "lists.jsonl", index=out / "zs-index" / "index", reranker=reranker, settings=ms,
                  progress=self.progress, ds=self.train_ds)
 
@@ -247,14 +339,15 @@ class _Runner:
             result = train(self.data_dir, d, lists=self.out / lists / "lists.jsonl",
                            retriever=retriever, reranker=reranker, overrides=overrides, resume=True,
                            progress=self.progress)
-            write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
-                                           "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
-                                           "final_losses": result.final_losses})
+            if self.stages.rank == 0:
+                write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
+                                               "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
+                                               "final_losses": result.final_losses})
 
         # subtle: a killed training stage has no done.json but keeps its checkpoints; train(resume=True) continues
         self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker,
                                "lists": lists},
-                        fn, after=after)
+                        fn, after=after, every_rank=True)
 
     def report(self, total: float) -> dict[str, Any]:
         from tandem.data import read_run
@@ -284,7 +377,7 @@ class _Runner:
                 curves[stage] = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
         # total_seconds: what the whole pipeline cost (a cached stage counts its original run);
         # wall_seconds: this invocation alone
-        return {"data": str(self.cfg.data), "split": "test", "queries": len(self.test_ds.qrels),
+        return {"data": str(self.cfg.data), "split": self.cfg.eval_split, "queries": len(self.test_ds.qrels),
                 "config": asdict(self.cfg), "systems": systems, "stage_seconds": s,
                 "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
                 "models": {"retriever": str(self.out / "joint" / "retriever"),

@@ -27,6 +27,13 @@ def coerce(name: str, value: Any, typ: Any) -> Any:
             return None
         return coerce(name, value, args[0])
     if typ is dict or origin is dict:
+        if isinstance(value, str):  # key=value overrides: a YAML/JSON mapping, e.g. "{a: 1, b: 2}"
+            import yaml
+
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
         if isinstance(value, dict):
             return value
         raise ConfigError(f"{name}: expected a mapping, got {value!r}")

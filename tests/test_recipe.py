@@ -70,3 +70,43 @@ def test_shipped_configs_load_and_plan():
     assert "joint" in proc.stdout and "total" in proc.stdout
     with pytest.raises(Exception, match="unknown setting"):
         load_recipe(None, ["joint_stepz=3"])
+
+
+def test_cost_model_for_a_full_size_config_without_the_data(tmp_path):
+    args = ["recipe", "tandem/configs/msmarco-rocketqav2.yaml", "--dry-run", "plan_passages=8841823",
+            "plan_train_queries=502939", "plan_eval_queries=6980",
+            "rates={encode_per_s: 1000, train_seq_per_s: 500, rerank_pairs_per_s: 800}"]
+    one = tandem(*args, "devices=1").stdout
+    eight = tandem(*args, "devices=8").stdout
+
+    def secs(out, stage):
+        return float(next(l for l in out.splitlines() if l.startswith(stage)).split("~")[1].split()[0])
+
+    # 30,000 joint steps x 16 lists x (2 x 128 + 1) sequences at 500 sequences/s, spread over the devices
+    assert secs(one, "joint") == pytest.approx(30000 * 16 * 257 / 500 + 30, rel=1e-3)
+    assert secs(eight, "joint") == pytest.approx(30000 * 16 * 257 / 500 / 8 + 30, rel=1e-3)
+    assert secs(one, "zs-index") == pytest.approx(8841823 / 1000 + 10, rel=1e-3)
+    assert "peak ~" in one and "on 8 device(s)" in eight
+
+
+def test_recipe_under_torchrun_with_two_processes(tiny_dataset, tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = dict(data=str(tiny_dataset), model=str(tiny_model_dir), max_length=32, query_max_length=16,
+               reranker_max_length=48, top_n=10, list_size=4, batch_size=4, warmup_steps=2, joint_steps=2,
+               eval_every=1, heldout_fraction=0.2, rerank_k=5)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "tandem", "recipe", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"),
+                           "--no-progress"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TANDEM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["systems"]) >= {"bm25", "zero-shot", "joint-retriever", "joint-retriever+reranker"}
+    first = json.loads((tmp_path / "run" / "joint" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["world_size"] == 2  # the training stages ran data-parallel
+    assert proc.stderr.count("stage bm25 ") == 2  # "running" and "done", once: rank 0 alone ran it
