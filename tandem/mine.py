@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -94,17 +95,31 @@ class MineResult:
 
 # ---- resumable line files ---------------------------------------------------------------------
 def done_qids(path: Path) -> set[str]:
-    """Query ids of the complete lines of a growing JSON-lines file; a torn last line is cut off."""
+    """Query ids of the complete lines of a growing JSON-lines file; a torn last line is cut off.
+
+    Streams the file (bounded memory for any size); lines written here start with their ``qid``.
+    """
     if not path.exists():
         return set()
+    qids: set[str] = set()
+    good = 0  # bytes up to the end of the last complete line
     with open(path, "rb") as f:
-        data = f.read()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):  # killed mid-write: drop the partial line, it is redone
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            good += len(line)
+            if line.strip():
+                m = _QID.match(line)
+                qids.add(json.loads(m.group(1)) if m else json.loads(line)["qid"])
+    size = path.stat().st_size
+    if good < size:  # killed mid-write: drop the partial line, it is redone
         with open(path, "r+b") as f:
-            f.truncate(end)
-        log.info("%s: cut a partial last line (%d bytes) left by an interrupted run", path, len(data) - end)
-    return {json.loads(line)["qid"] for line in data[:end].splitlines() if line.strip()}
+            f.truncate(good)
+        log.info("%s: cut a partial last line (%d bytes) left by an interrupted run", path, size - good)
+    return qids
+
+
+_QID = re.compile(rb'\{"qid": ("(?:[^"\\]|\\.)*")')  # the qid opens every line this module writes
 
 
 def iter_lines(path: Path) -> Iterator[dict]:
