@@ -132,14 +132,23 @@ class Stages:
             write_json(started, {"key": key})
         barrier()
         t0 = time.perf_counter()
+        done_n = len(self.seconds) + 1
+        label = f"[{done_n}/{len(self.plan) or '?'} {name}, ~{_minutes(left)} left]"
         if main or every_rank:
-            fn(stage_dir)
+            from tandem.utils import progress_context
+
+            with progress_context(label):
+                fn(stage_dir)
         self.seconds[name] = time.perf_counter() - t0
         if main:
             write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name]))
             log.info("stage %-16s done in %.0fs", name, self.seconds[name])
         barrier()
         return stage_dir
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[str, float]:

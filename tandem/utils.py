@@ -16,10 +16,25 @@ def progress_enabled(requested: bool) -> bool:
     return requested and not os.environ.get("TANDEM_NO_PROGRESS")
 
 
+_CONTEXT: list[str] = []
+
+
+@contextlib.contextmanager
+def progress_context(label: str) -> Iterator[None]:
+    """Prefix every progress bar opened inside with ``label`` (e.g. the recipe's stage and time left)."""
+    _CONTEXT.append(label)
+    try:
+        yield
+    finally:
+        _CONTEXT.pop()
+
+
 @contextlib.contextmanager
 def progress_bar(total: int | None, desc: str, enabled: bool = True, unit: str = "it", initial: int = 0) -> Iterator:
     from tqdm.auto import tqdm
 
+    if _CONTEXT:
+        desc = f"{_CONTEXT[-1]} {desc}"
     bar = tqdm(total=total, desc=desc, disable=not progress_enabled(enabled), unit=unit, dynamic_ncols=True,
                leave=False, initial=initial)
     try:
