@@ -112,11 +112,12 @@ def test_recipe_under_torchrun_with_two_processes(tiny_dataset, tiny_model_dir, 
     assert proc.stderr.count("stage bm25 ") == 2  # "running" and "done", once: rank 0 alone ran it
 
 
-def test_progress_bars_carry_the_stage_and_time_left():
+def test_progress_bars_carry_the_stage_and_time_left(monkeypatch):
     from tandem.utils import progress_bar, progress_context
 
+    monkeypatch.delenv("TANDEM_NO_PROGRESS", raising=False)
     with progress_context("[5/9 joint, ~7 min left]"):
-        with progress_bar(3, "train (joint)", enabled=False) as bar:
+        with progress_bar(3, "train (joint)") as bar:
             assert bar.desc.startswith("[5/9 joint, ~7 min left] train (joint)")
-    with progress_bar(3, "encoding", enabled=False) as bar:
+    with progress_bar(3, "encoding") as bar:
         assert bar.desc == "encoding"
