@@ -253,6 +253,8 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
                batch_size: int = typer.Option(32, "--batch-size", min=1),
                keep_tail: bool = typer.Option(True, "--keep-tail/--drop-tail",
                                               help="Keep the first stage's passages below rank k after the re-ranked ones."),
+               backend: Backend = typer.Option(Backend.torch, "--backend", help="Runtime of a plain cross-encoder: "
+                                                                                "torch, onnx or onnx-int8."),
                progress: bool = ProgressOpt) -> None:
     """Re-score the top-k of a run with a cross-encoder; writes a TREC run."""
     from tandem.data import read_run, write_run
@@ -261,7 +263,7 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
 
     t0 = time.perf_counter()
     _, ds = _load_split(data, split)
-    model = Reranker.from_pretrained(reranker)
+    model = Reranker.from_pretrained(reranker).set_backend(backend.value)
     if not model.settings.trained:
         log.warning("re-ranker %s has an untrained head: its scores are noise", model.name)
     result = rerank(read_run(run), ds.queries, ds.corpus, model, k, batch_size, progress, keep_tail)

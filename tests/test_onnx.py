@@ -52,3 +52,20 @@ def test_cli_index_and_search_with_onnx(tiny_dataset, tiny_model_dir, tmp_path, 
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     runs = [(tmp_path / f"{x}.trec").read_text().split("\n") for x in ("torch", "onnx")]
     assert [l.split()[:3] for l in runs[0] if l] == [l.split()[:3] for l in runs[1] if l]
+
+
+def test_cross_encoder_on_onnx_scores_like_torch(tiny_model_dir, tmp_path, cache):
+    from tandem.errors import TandemError
+    from tandem.models.gated import GatedReranker
+    from tandem.models.reranker import Reranker
+
+    Reranker.from_pretrained(str(tiny_model_dir), max_length=48).save(tmp_path / "ce")
+    pairs = [("glucose sleep", "sleep effect on glucose in mice"), ("a", "b " * 60), ("heart", "heart kidney")]
+    ref = Reranker.from_pretrained(tmp_path / "ce").predict(pairs)
+    fast = Reranker.from_pretrained(tmp_path / "ce").set_backend("onnx")
+    np.testing.assert_allclose(fast.predict(pairs, batch_size=2), ref, rtol=1e-4, atol=1e-5)
+    q8 = Reranker.from_pretrained(tmp_path / "ce").set_backend("onnx-int8").predict(pairs)
+    assert np.abs(q8 - ref).max() < 0.1 * (np.abs(ref).max() + 1e-3) + 0.05
+    gated = GatedReranker.from_body(str(tiny_model_dir), max_length=48)
+    with pytest.raises(TandemError, match="plain cross-encoders"):
+        gated.set_backend("onnx")

@@ -39,7 +39,16 @@ class _Body(torch.nn.Module):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def export(backbone: torch.nn.Module, fingerprint: str, quantize: bool) -> Path:
+class _Classifier(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def export(backbone: torch.nn.Module, fingerprint: str, quantize: bool, classifier: bool = False) -> Path:
     """The ONNX file for this body (exported and maybe int8-quantised once; cached).
 
     The file holds the plain graph; ONNX Runtime fuses attention, GELU and LayerNorm when a session
@@ -55,17 +64,18 @@ def export(backbone: torch.nn.Module, fingerprint: str, quantize: bool) -> Path:
         was_training = backbone.training
         backbone.eval()
         ids = torch.ones(2, 8, dtype=torch.long)
+        names = ["input_ids", "attention_mask", "token_type_ids"] if classifier else ["input_ids", "attention_mask"]
+        module = _Classifier(backbone) if classifier else _Body(backbone)
+        axes = {n: {0: "batch", 1: "seq"} for n in names}
+        axes["out"] = {0: "batch"} if classifier else {0: "batch", 1: "seq"}
         try:
             with atomic_path(plain) as tmp, torch.no_grad():
                 import warnings
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    torch.onnx.export(_Body(backbone), (ids, torch.ones_like(ids)), str(tmp),
-                                      input_names=["input_ids", "attention_mask"], output_names=["hidden"],
-                                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                                    "attention_mask": {0: "batch", 1: "seq"},
-                                                    "hidden": {0: "batch", 1: "seq"}},
+                    torch.onnx.export(module, tuple(torch.ones_like(ids) if i else ids for i in range(len(names))),
+                                      str(tmp), input_names=names, output_names=["out"], dynamic_axes=axes,
                                       opset_version=17, dynamo=False)
         finally:
             backbone.train(was_training)
@@ -92,20 +102,27 @@ class OnnxBody:
         self.path = path
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-        (hidden,) = self.session.run(None, {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                                            "attention_mask": attention_mask.cpu().numpy().astype(np.int64)})
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> SimpleNamespace:
+        feed = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
+                "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
+        if len(self.session.get_inputs()) == 3:  # a cross-encoder: logits
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            feed["token_type_ids"] = types.cpu().numpy().astype(np.int64)
+            (logits,) = self.session.run(None, feed)
+            return SimpleNamespace(logits=torch.from_numpy(logits))
+        (hidden,) = self.session.run(None, feed)
         return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
 
 
-def onnx_body(backbone: torch.nn.Module, fingerprint: str, backend: str) -> OnnxBody:
+def onnx_body(backbone: torch.nn.Module, fingerprint: str, backend: str, classifier: bool = False) -> OnnxBody:
     if backend not in BACKENDS[1:]:
         raise TandemError(f"backend must be one of {BACKENDS}, got {backend!r}")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise TandemError("the ONNX backend needs onnxruntime and onnx: pip install 'tandem-ir[onnx]'") from None
-    return OnnxBody(export(backbone, fingerprint, backend == "onnx-int8"))
+    return OnnxBody(export(backbone, fingerprint + ("-cls" if classifier else ""), backend == "onnx-int8", classifier))
 
 
 __all__ = ["BACKENDS", "OnnxBody", "export", "onnx_body"]

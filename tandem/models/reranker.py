@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tandem.errors import ModelLoadError
+from tandem.errors import ModelLoadError, TandemError
 from tandem.models.encoder import pad_batch
 from tandem.models.hf import load_tokenizer, quiet_transformers, resolve_model
 from tandem.utils import progress_bar
@@ -44,6 +44,22 @@ class Reranker(nn.Module):
         self.tokenizer = tokenizer
         self.settings = settings
         self.name = name
+        self.runtime = None  # ONNX Runtime for inference (set_backend)
+        self.backend = "torch"
+
+    def set_backend(self, backend: str) -> "Reranker":
+        """Score pairs in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``); training stays in PyTorch."""
+        if backend == "torch":
+            self.runtime, self.backend = None, "torch"
+            return self
+        if self.settings.architecture != "cross":
+            raise TandemError(f"the ONNX backend runs plain cross-encoders; this re-ranker is {self.settings.architecture!r}")
+        from tandem.models.encoder import weights_key
+        from tandem.models.onnx_backend import onnx_body
+
+        self.runtime = onnx_body(self.model, weights_key(self.name, self.model), backend, classifier=True)
+        self.backend = backend
+        return self
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike | None = None, **overrides) -> "Reranker":
@@ -93,7 +109,10 @@ class Reranker(nn.Module):
         return pad_batch(ids, self.tokenizer.pad_token_id or 0, self.device, token_types=types)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if self.runtime is not None and not torch.is_grad_enabled():
+            out = self.runtime(input_ids, attention_mask, token_type_ids)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.logits.squeeze(-1)  # (N,)
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> Tensor:
