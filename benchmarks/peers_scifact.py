@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--neg-depth", type=int, default=20, help="the hard negative is drawn from the list's top-k")
     ap.add_argument("--rerank-k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rerank-on", default="bm25,st-mnrl", help="first stages the CrossEncoder re-ranks")
     ap.add_argument("--skip", default="", help="comma-separated peers to skip: st-mnrl, st-cross")
     args = ap.parse_args()
 
@@ -130,8 +131,9 @@ def main() -> None:
         stats = trainer.train()
         train_s = time.perf_counter() - t0
         ce.save(str(out / "st-cross"))
-        firsts = {"bm25": bm25_search(train_ds.corpus, tq, k=1000)}
-        if mnrl_run is not None:
+        wanted = args.rerank_on.split(",")
+        firsts = {"bm25": bm25_search(train_ds.corpus, tq, k=1000)} if "bm25" in wanted else {}
+        if mnrl_run is not None and "st-mnrl" in wanted:
             firsts["st-mnrl"] = mnrl_run
         for name, first in firsts.items():
             t0 = time.perf_counter()
