@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--neg-depth", type=int, default=20, help="the hard negative is drawn from the list's top-k")
     ap.add_argument("--rerank-k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--rerank-on", default="bm25,st-mnrl", help="first stages the CrossEncoder re-ranks")
+    ap.add_argument("--rerank-on", default="bm25", help="first stages the CrossEncoder re-ranks: bm25, st-mnrl")
     ap.add_argument("--skip", default="", help="comma-separated peers to skip: st-mnrl, st-cross")
     args = ap.parse_args()
 
