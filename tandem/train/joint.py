@@ -144,7 +144,9 @@ class Trainer:
             raise TandemError("no training lists left (empty lists file, or heldout_fraction too large)")
         self.sampler = ListSampler(self.lists, queries, cfg.list_size - 1, cfg.seed, cfg.denoised_share,
                                    cfg.pseudo_positive_prob)
-        self.held_sampler = (ListSampler(self.heldout, queries, cfg.list_size - 1, cfg.seed, cfg.denoised_share,
+        # held-out lists: labelled positives and the undenoised pool only, so that runs on differently built
+        # lists (undenoised, denoised, hybrid) are measured on the same lists
+        self.held_sampler = (ListSampler(self.heldout, queries, cfg.list_size - 1, cfg.seed, denoised_share=0.0,
                                          labelled_only=True) if self.heldout else None)
         self.micro_per_epoch = math.ceil(len(self.lists) / cfg.batch_size)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
