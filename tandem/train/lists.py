@@ -187,8 +187,13 @@ class ListSampler:
         query = lst.query if lst.query is not None else self.queries[lst.qid]
         denoised = [e["pid"] for e in lst.negatives if e.get("source") == "denoised" and e["pid"] != pos]
         undenoised = [e["pid"] for e in lst.negatives if e.get("source") != "denoised" and e["pid"] != pos]
-        if not denoised or not undenoised:  # one pool
-            pool = denoised or undenoised or [e["pid"] for e in lst.negatives]
+        if not denoised or not undenoised or self.denoised_share <= 0 or self.denoised_share >= 1:  # one pool
+            if self.denoised_share >= 1 and denoised:
+                pool = denoised
+            elif self.denoised_share <= 0 and undenoised:
+                pool = undenoised
+            else:
+                pool = denoised or undenoised or [e["pid"] for e in lst.negatives]
             picks = rng.choice(len(pool), size=self.negatives, replace=len(set(pool)) < self.negatives)
             return Group(lst.qid, query, [pos] + [pool[int(j)] for j in picks])
         n_den = min(int(round(self.denoised_share * self.negatives)), len(denoised))
