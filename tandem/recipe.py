@@ -53,6 +53,8 @@ class RecipeConfig:
     denoise_top: int = _f(10, "candidates per training query the re-ranker scores for denoising (0: all top_n)")
     low: float = _f(0.1, "denoising: calibrated probability below which a candidate is a clean negative")
     high: float = _f(0.9, "denoising: probability above which a candidate becomes a pseudo-positive")
+    low_from_positives: float = _f(0.0, "denoising, if > 0: low = this quantile of the held-out labelled positives' "
+                                        "probabilities (chosen on held-out queries instead of fixed)")
     reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
     rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query")
     seed: int = _f(1, "seed of training")
@@ -293,7 +295,7 @@ class _Runner:
             from tandem.mine import MineSettings, mine
 
             ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top,
-                              split=cfg.train_split)
+                              split=cfg.train_split, low_from_positives=cfg.low_from_positives)
             mine(self.data_dir, d / "lists.jsonl", index=out / "zs-index" / "index", reranker=reranker, settings=ms,
                  progress=self.progress, ds=self.train_ds)
 
@@ -302,7 +304,8 @@ class _Runner:
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"
-            st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high},
+            st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high,
+                               "low_from_positives": cfg.low_from_positives},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, self.model, str(out / "warmup" / "reranker"),
                     after=(lists_stage, "warmup"), lists=lists_stage)
@@ -410,7 +413,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"({cfg['reranker_arch']} architecture), joint training {cfg['joint_steps']} steps; the joint "
               f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}."
               + (f" Hybrid lists: the warmed-up re-ranker scored each training query's first {cfg['denoise_top'] or cfg['top_n']} "
-                 f"candidates; below p = {cfg['low']} they form the denoised pool, above {cfg['high']} they become "
+                 f"candidates; below p = {cfg['low']}"
+                 + (f" (or the {100 * cfg['low_from_positives']:.0f}% quantile of held-out positives' probabilities, "
+                    "see the mining report)" if cfg.get("low_from_positives") else "")
+                 + f" they form the denoised pool, above {cfg['high']} they become "
                  "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else ""), "",
               "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
