@@ -413,9 +413,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"({cfg['reranker_arch']} architecture), joint training {cfg['joint_steps']} steps; the joint "
               f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}."
               + (f" Hybrid lists: the warmed-up re-ranker scored each training query's first {cfg['denoise_top'] or cfg['top_n']} "
-                 f"candidates; below p = {cfg['low']}"
-                 + (f" (or the {100 * cfg['low_from_positives']:.0f}% quantile of held-out positives' probabilities, "
-                    "see the mining report)" if cfg.get("low_from_positives") else "")
+                 + (f"candidates; below the {100 * cfg['low_from_positives']:.0f}% quantile of the held-out "
+                    "positives' probabilities (the value is in the mining report)" if cfg.get("low_from_positives")
+                    else f"candidates; below p = {cfg['low']}")
                  + f" they form the denoised pool, above {cfg['high']} they become "
                  "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else ""), "",
               "## Stages", "", "| stage | seconds |", "|---|---|"]
