@@ -8,6 +8,7 @@ from typing import Mapping
 
 
 from tandem.data.types import Corpus, Run
+from tandem.utils import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ class BM25:
         self.settings = settings
         self._stemmer = _stemmer(settings.stemmer)
         tokens = bm25s.tokenize(list(corpus), stopwords=settings.stopwords, stemmer=self._stemmer,
-                                show_progress=progress)
+                                show_progress=progress_enabled(progress))
         self.model = bm25s.BM25(k1=settings.k1, b=settings.b, method=settings.method)
-        self.model.index(tokens, show_progress=progress)
+        self.model.index(tokens, show_progress=progress_enabled(progress))
 
     def search(self, queries: Mapping[str, str], k: int = 100, progress: bool = False) -> Run:
         import bm25s
@@ -43,8 +44,8 @@ class BM25:
         qids = list(queries)
         k = min(k, len(self.corpus))
         tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=self.settings.stopwords,
-                                stemmer=self._stemmer, show_progress=progress)
-        docs, scores = self.model.retrieve(tokens, k=k, show_progress=progress, n_threads=1)
+                                stemmer=self._stemmer, show_progress=progress_enabled(progress))
+        docs, scores = self.model.retrieve(tokens, k=k, show_progress=progress_enabled(progress), n_threads=1)
         run: Run = {}
         for row, qid in enumerate(qids):
             # bm25s returns zero-score filler for queries with no matching term; drop it
