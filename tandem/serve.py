@@ -10,7 +10,8 @@
 
 Requests that arrive together are answered as one batch (one encoder pass, one re-ranker pass):
 a single worker takes the first waiting request, everything queued behind it up to
-``max_batch`` queries, waits at most ``max_wait_ms`` for more, and runs them together.
+``max_batch`` queries, and, when the previous batch held several requests (the service is under
+load), waits at most ``max_wait_ms`` for more; then it runs them together.
 """
 
 
@@ -52,6 +53,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="tandem-model")
         self.batches = self.queries = 0
+        self._last = 0  # requests in the previous batch
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -77,7 +79,8 @@ class MicroBatcher:
         while True:
             batch = [await self.queue.get()]
             n = len(batch[0][0])
-            deadline = loop.time() + self.max_wait
+            # wait for company only under load (the last batch had several requests): a lone client pays no wait
+            deadline = loop.time() + (self.max_wait if self._last > 1 else 0.0)
             while n < self.max_batch:
                 if not self.queue.empty():
                     item = self.queue.get_nowait()
@@ -91,6 +94,7 @@ class MicroBatcher:
                         break
                 batch.append(item)
                 n += len(item[0])
+            self._last = len(batch)
             pipeline = self.pipeline()  # a reload swaps the reference; this batch keeps the one it took
             flat = [r for reqs, _ in batch for r in reqs]
             try:
