@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from tandem.data.types import Corpus, Dataset
+from tandem.data.types import Dataset
 from tandem.errors import ConfigError, TandemError
 from tandem.io import atomic_open, manifest, read_json, write_json
 from tandem.settings import setting as _f
@@ -184,9 +183,7 @@ class _Searchers:
 
         if self.settings.dense:
             index_dir = Path(self.index_dir) if self.index_dir else self.work / "index"
-            if not (index_dir / "manifest.json").exists():
-                if self.index_dir:
-                    raise TandemError(f"{index_dir}: not a tandem index (no manifest.json); build it with `tandem index`")
+            if not self.index_dir and not (index_dir / "manifest.json").exists():  # a given index must exist
                 build_index(self.ds.corpus, index_dir, _passage_encoder(self.retriever).set_backend(self.backend),
                             progress=self.progress)
             index, encoder = load_index_and_encoder(index_dir)
@@ -274,7 +271,8 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             cands = [c["pid"] for c in rec["candidates"]]
             if settings.denoise_top:
                 cands = cands[: settings.denoise_top]
-            pos = [p for p in positives.get(rec["qid"], []) if p not in set(cands)] \
+            scored = set(cands)
+            pos = [p for p in positives.get(rec["qid"], []) if p not in scored] \
                 if held is None or rec["qid"] in held else []
             batch.append({"qid": rec["qid"], "pids": cands + pos})
             if len(batch) * max(len(cands) + len(pos), 1) >= 8 * settings.rerank_batch:
@@ -446,12 +444,13 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
              (_stop or {}).get("retrieve"))
     seconds["retrieve"] = time.perf_counter() - t0
 
+    held = heldout_qids(qids, settings.calibration_fraction)  # the calibration queries (a warm-up holds them out)
     if warmup_reranker:
         t0 = time.perf_counter()
         reranker = str(_warmup(ds, directory, work, cand_path, positives, settings, warmup_steps, warmup_overrides,
                                progress, state))
         seconds["warmup"] = time.perf_counter() - t0
-    calibration = None
+    calibration = ident = None
     if reranker is not None:
         from tandem.models.hf import model_fingerprint, resolve_model
         from tandem.models.reranker import Reranker
@@ -465,7 +464,6 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         write_json(work / "manifest.json", state)
         t0 = time.perf_counter()
         score_path = work / "scores.jsonl"
-        held = heldout_qids(qids, settings.calibration_fraction)
         if len(done_qids(score_path)) < len(qids):
             denoiser = reranker if loaded else Reranker.from_pretrained(reranker)
             if not getattr(getattr(denoiser, "settings", None), "trained", True):
@@ -482,11 +480,10 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
 
     t0 = time.perf_counter()
     report = _write_lists(ds, out, cand_path, work / "scores.jsonl" if reranker is not None else None, positives,
-                          calibration, settings, heldout_qids(qids, settings.calibration_fraction))
+                          calibration, settings, held)
     seconds["lists"] = time.perf_counter() - t0
     report.update({"settings": asdict(settings), "retriever": retriever, "index": str(index) if index else None,
-                   "reranker": None if reranker is None else (str(reranker) if isinstance(reranker, (str, Path))
-                                                              else getattr(reranker, "name", "a model object")),
+                   "reranker": ident,
                    "warmup_reranker": warmup_reranker,
                    "queries_left_out": skipped, "seconds": seconds,
                    "total_seconds": time.perf_counter() - t_start, "lists_file": str(out)})
@@ -523,11 +520,9 @@ def _warmup(ds, directory, work: Path, cand_path: Path, positives, settings: Min
         return target / "reranker"
     lists = []
     for rec in iter_lines(cand_path):
-        pos = positives[rec["qid"]]
-        negs = [{"pid": c["pid"], "rank": c["rank"], "score": c["score"], "source": "undenoised"}
-                for c in rec["candidates"] if c["pid"] not in set(pos)]
+        pos, negs, _ = build_pools(rec["qid"], rec["candidates"], positives[rec["qid"]], {}, settings)  # unscored
         if negs:
-            lists.append(TrainingList(rec["qid"], [{"pid": p} for p in pos], negs))
+            lists.append(TrainingList(rec["qid"], pos, negs))
     write_lists(work / "undenoised.jsonl", lists)
     log.info("mine: warming up a re-ranker for %d steps on %d undenoised lists", steps, len(lists))
     train(directory, target, lists=work / "undenoised.jsonl", overrides=ov, resume=True, progress=progress)

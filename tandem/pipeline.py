@@ -73,9 +73,7 @@ class Pipeline:
         from tandem.io import sha256_file
 
         index_dir = Path(index_dir)
-        if not (index_dir / "manifest.json").exists():
-            raise IncompatibleArtifactError(f"{index_dir}: not a tandem index (no manifest.json)")
-        index, encoder = load_index_and_encoder(index_dir)
+        index, encoder = load_index_and_encoder(index_dir)  # refuses a directory that is not a tandem index
         encoder.set_backend(backend)
         corpus = None
         corpus_file = None

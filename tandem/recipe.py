@@ -220,7 +220,6 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
     """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan)."""
     from tandem.data import load_beir, resolve_dataset
-
     from tandem.train.distributed import world
 
     t_start = time.perf_counter()
@@ -275,7 +274,6 @@ class _Runner:
         from tandem.index.bm25 import BM25
         from tandem.index.dense import build_index, dense_search, load_index_and_encoder
         from tandem.models.encoder import Encoder
-        from tandem.train.lists import lists_from_run, write_lists
 
         cfg, st, out = self.cfg, self.stages, self.out
         tq = self.test_ds.split_queries()
@@ -296,6 +294,11 @@ class _Runner:
 
             ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top,
                               split=cfg.train_split, low_from_positives=cfg.low_from_positives)
+            if reranker is not None:  # denoising: the lists stage mined these candidates; resume from them
+                work = d / "lists.mine"
+                work.mkdir(parents=True, exist_ok=True)
+                for name in ("candidates.jsonl", "manifest.json"):
+                    shutil.copy2(out / "lists" / "lists.mine" / name, work / name)
             mine(self.data_dir, d / "lists.jsonl", index=out / "zs-index" / "index", reranker=reranker, settings=ms,
                  progress=self.progress, ds=self.train_ds)
 

@@ -190,7 +190,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
     @app.get("/info")
     async def info():
         p = state["pipeline"]
-        return {**{k: v for k, v in p.info.items()}, "reranker_loaded": p.reranker is not None,
+        return {**p.info, "reranker_loaded": p.reranker is not None,
                 "limits": {k: v for k, v in settings.__dict__.items() if k != "api_key"},
                 "api_key_required": bool(settings.api_key), "reloads": state["reloads"],
                 "batches": batcher.batches, "queries_served": batcher.queries,
@@ -212,7 +212,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
             if len(q) > settings.max_query_chars:
                 return error(422, f"query {i}: longer than {settings.max_query_chars} characters ({len(q)})")
         t0 = time.perf_counter()
-        reqs = [Request(q, body.k, max(body.k, body.candidates), body.rerank) for q in queries]
+        reqs = [Request(q, body.k, body.candidates, body.rerank) for q in queries]  # the pipeline retrieves >= k
         try:
             results = await batcher.submit(reqs)
         except Exception as e:  # noqa: BLE001

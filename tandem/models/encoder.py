@@ -131,12 +131,9 @@ class Encoder(nn.Module):
 
     def set_backend(self, backend: str) -> "Encoder":
         """Run inference (``encode``) in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``)."""
-        if backend == "torch":
-            self.runtime, self.backend = None, "torch"
-            return self
-        from tandem.models.onnx_backend import onnx_body
+        from tandem.models.onnx_backend import runtime
 
-        self.runtime, self.backend = onnx_body(self.backbone, weights_key(self.name, self.backbone), backend), backend
+        self.runtime, self.backend = runtime(self.backbone, self.name, backend), backend
         return self
 
     @property
@@ -219,15 +216,6 @@ class Encoder(nn.Module):
         self.tokenizer.save_pretrained(path)
         write_st_layout(path, self.settings, self.dim, prompts)
         (path / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2))
-
-
-def weights_key(name: str, module: nn.Module) -> str:
-    """An identity for a model's weights: its files' fingerprint plus a checksum of the loaded tensors."""
-    from tandem.models.hf import model_fingerprint
-
-    params = list(module.parameters())
-    check = sum(float(p.detach().double().abs().sum()) for p in (params[0], params[-1]))
-    return f"{model_fingerprint(name)}-{check:.8e}".replace("/", "__")
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu",

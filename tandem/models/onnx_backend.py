@@ -115,14 +115,27 @@ class OnnxBody:
         return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
 
 
-def onnx_body(backbone: torch.nn.Module, fingerprint: str, backend: str, classifier: bool = False) -> OnnxBody:
+def weights_key(name: str, module: torch.nn.Module) -> str:
+    """An identity for a model's weights: its files' fingerprint plus a checksum of the loaded tensors."""
+    from tandem.models.hf import model_fingerprint
+
+    params = list(module.parameters())
+    check = sum(float(p.detach().double().abs().sum()) for p in (params[0], params[-1]))
+    return f"{model_fingerprint(name)}-{check:.8e}".replace("/", "__")
+
+
+def runtime(module: torch.nn.Module, name: str, backend: str, classifier: bool = False) -> OnnxBody | None:
+    """The inference runtime for ``backend``: None for torch, else the cached ONNX export of ``module``."""
+    if backend == "torch":
+        return None
     if backend not in BACKENDS[1:]:
         raise TandemError(f"backend must be one of {BACKENDS}, got {backend!r}")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise TandemError("the ONNX backend needs onnxruntime and onnx: pip install 'tandem-ir[onnx]'") from None
-    return OnnxBody(export(backbone, fingerprint + ("-cls" if classifier else ""), backend == "onnx-int8", classifier))
+    key = weights_key(name, module) + ("-cls" if classifier else "")
+    return OnnxBody(export(module, key, backend == "onnx-int8", classifier))
 
 
-__all__ = ["BACKENDS", "OnnxBody", "export", "onnx_body"]
+__all__ = ["BACKENDS", "OnnxBody", "export", "runtime", "weights_key"]

@@ -49,16 +49,11 @@ class Reranker(nn.Module):
 
     def set_backend(self, backend: str) -> "Reranker":
         """Score pairs in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``); training stays in PyTorch."""
-        if backend == "torch":
-            self.runtime, self.backend = None, "torch"
-            return self
-        if self.settings.architecture != "cross":
+        if backend != "torch" and self.settings.architecture != "cross":
             raise TandemError(f"the ONNX backend runs plain cross-encoders; this re-ranker is {self.settings.architecture!r}")
-        from tandem.models.encoder import weights_key
-        from tandem.models.onnx_backend import onnx_body
+        from tandem.models.onnx_backend import runtime
 
-        self.runtime = onnx_body(self.model, weights_key(self.name, self.model), backend, classifier=True)
-        self.backend = backend
+        self.runtime, self.backend = runtime(self.model, self.name, backend, classifier=True), backend
         return self
 
     @classmethod

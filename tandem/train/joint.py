@@ -33,6 +33,7 @@ from tandem.models.retriever import Retriever
 from tandem.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tandem.train.chunking import CachedChunks
 from tandem.train.config import TrainConfig
+from tandem.train.distributed import barrier, broadcast_parameters, mean_over_ranks, sum_gradients, world
 from tandem.train.lists import Group, ListSampler, TrainingList, heldout_indices
 from tandem.utils import progress_bar
 
@@ -105,8 +106,6 @@ class Trainer:
         self.corpus = corpus
         self.out = Path(out)
         self.progress = progress
-        from tandem.train.distributed import world
-
         self.rank, self.world, local_rank = world()
         self.main = self.rank == 0  # the process that writes logs, checkpoints and models
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
@@ -131,8 +130,6 @@ class Trainer:
             self.reranker.eval()
             self.reranker.requires_grad_(False)
         if self.world > 1:
-            from tandem.train.distributed import broadcast_parameters
-
             for m in (self.retriever, self.reranker):
                 if m is not None:
                     broadcast_parameters(m)
@@ -256,8 +253,6 @@ class Trainer:
         for name, opt in self.optimizers.items():
             model = self.retriever if name == "retriever" else self.reranker
             if self.world > 1:
-                from tandem.train.distributed import sum_gradients
-
                 sum_gradients(model.parameters())
             if self.cfg.max_grad_norm > 0:
                 norms[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
@@ -310,7 +305,7 @@ class Trainer:
         self.retriever.eval()
         try:
             passages = self.retriever.passage_tower().encode(list(self.corpus), batch_size=64)
-            queries = [self.held_sampler.group(0, i).query for i in range(len(self.heldout))]
+            queries = [self.held_sampler.query(i) for i in range(len(self.heldout))]
             qv = self.retriever.query_tower().encode(queries, batch_size=64)
         finally:
             self.retriever.train(mode)
@@ -380,8 +375,6 @@ class Trainer:
 
     def train(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Run to ``total_steps`` (or ``stop_after`` steps, for tests of killed runs) and save the models."""
-        from tandem.train.distributed import barrier
-
         self.out.mkdir(parents=True, exist_ok=True)
         if self.main:
             write_json(self.out / "config.json", self.cfg.to_dict())
@@ -421,8 +414,6 @@ class Trainer:
                         terms = (self.micro_step(local, share / self.cfg.grad_accum) if local
                                  else dict.fromkeys(self.term_names, 0.0))
                     if self.world > 1:
-                        from tandem.train.distributed import mean_over_ranks
-
                         terms = mean_over_ranks(terms, share)
                     seqs += len(groups) * per_list
                     for k, v in terms.items():

@@ -180,25 +180,32 @@ class ListSampler:
             pool = pseudo if rng.random() < self.pseudo_positive_prob else labelled
         return pool[int(rng.integers(len(pool)))]["pid"]
 
+    def query(self, i: int) -> str:
+        lst = self.lists[i]
+        return lst.query if lst.query is not None else self.queries[lst.qid]
+
     def group(self, epoch: int, i: int) -> Group:
         lst = self.lists[i]
         rng = np.random.default_rng([self.seed, epoch, i, 7])
         pos = self._positive(lst, rng)
-        query = lst.query if lst.query is not None else self.queries[lst.qid]
+        query = self.query(i)
         denoised = [e["pid"] for e in lst.negatives if e.get("source") == "denoised" and e["pid"] != pos]
         undenoised = [e["pid"] for e in lst.negatives if e.get("source") != "denoised" and e["pid"] != pos]
-        if not denoised or not undenoised or self.denoised_share <= 0 or self.denoised_share >= 1:  # one pool
-            if self.denoised_share >= 1 and denoised:
-                pool = denoised
-            elif self.denoised_share <= 0 and undenoised:
-                pool = undenoised
-            else:
-                pool = denoised or undenoised or [e["pid"] for e in lst.negatives]
+        if self.denoised_share >= 1 and denoised:  # one pool: the share asks for it, or the other is empty
+            pool = denoised
+        elif (self.denoised_share <= 0 or not denoised) and undenoised:
+            pool = undenoised
+        elif not undenoised:
+            pool = denoised or [e["pid"] for e in lst.negatives]
+        else:
+            pool = None
+        if pool is not None:
             picks = rng.choice(len(pool), size=self.negatives, replace=len(set(pool)) < self.negatives)
             return Group(lst.qid, query, [pos] + [pool[int(j)] for j in picks])
         n_den = min(int(round(self.denoised_share * self.negatives)), len(denoised))
         chosen = [denoised[int(j)] for j in rng.choice(len(denoised), size=n_den, replace=False)]
-        rest = [p for p in undenoised if p not in set(chosen)]
+        taken = set(chosen)
+        rest = [p for p in undenoised if p not in taken]
         need = self.negatives - n_den
         if len(rest) >= need:
             chosen += [rest[int(j)] for j in rng.choice(len(rest), size=need, replace=False)]
