@@ -274,6 +274,30 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
 
 
 @app.command()
+def fuse(runs: List[Path] = typer.Argument(..., help="TREC run files to fuse (e.g. a BM25 run and a dense run)."),
+         out: Path = typer.Option(..., "--out", help="TREC run file to write."),
+         k: int = typer.Option(60, "--rrf-k", min=0, help="The RRF constant: each run adds weight / (k + rank)."),
+         weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weight per run (default 1)."),
+         depth: int = typer.Option(1000, "--depth", min=1, help="Ranks of each run that count."),
+         top: int = typer.Option(1000, "--top", min=1, help="Passages written per query.")) -> None:
+    """Hybrid first stage: reciprocal rank fusion of several runs; writes a TREC run."""
+    from tandem.data import read_run, write_run
+    from tandem.index.fusion import fuse_runs
+
+    if len(runs) < 2:
+        raise TandemError("fuse needs at least two runs")
+    w = None
+    if weights is not None:
+        try:
+            w = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise TandemError(f"--weights: expected comma-separated numbers, got {weights!r}") from None
+    fused = fuse_runs([read_run(r) for r in runs], k=k, weights=w, depth=depth, top=top)
+    write_run(out, fused, tag="tandem-rrf")
+    _echo_err(f"fuse: {len(runs)} runs, {len(fused)} queries -> {out}")
+
+
+@app.command()
 def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
              qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels file (BEIR TSV or TREC)."),
              answers: Optional[Path] = typer.Option(None, "--answers", help="Or/also: questions with answer strings "
@@ -448,6 +472,8 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
           max_candidates: int = typer.Option(1000, "--max-candidates", min=1),
           allow_untrained_reranker: bool = typer.Option(False, "--allow-untrained-reranker",
                                                         help="Serve a re-ranker with a new head (its scores are noise)."),
+          hybrid: bool = typer.Option(False, "--hybrid", help="First stage = BM25 and the dense index fused by "
+                                                             "reciprocal rank fusion (BM25 is built at start)."),
           backend: Backend = BackendOpt) -> None:
     """Serve retrieval + re-ranking over HTTP: POST /search, GET /health, /info, /docs, and a search page at /."""
     from tandem.serve import ServeSettings, serve as _serve
@@ -455,7 +481,7 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queries=max_queries, max_k=max_k,
                              max_candidates=max_candidates, api_key=api_key or None, allow_reload=allow_reload)
     _serve(index, reranker=reranker, data=data, host=host, port=port, settings=settings,
-           allow_untrained_reranker=allow_untrained_reranker, backend=backend.value)
+           allow_untrained_reranker=allow_untrained_reranker, backend=backend.value, hybrid=hybrid)
 
 
 @app.command("train-settings")
@@ -471,9 +497,11 @@ def _print_report(report: dict, out: Path) -> None:
 
     typer.echo(format_table(report["systems"], ["nDCG@10", "RR@10", "R@100", "seconds"]))
     head = report["systems"].get("joint-retriever+reranker") or next(iter(report["systems"].values()))
+    systems = report["systems"]
+    best = max(systems, key=lambda n: systems[n]["nDCG@10"])
     _echo_err(f"done in {report['wall_seconds']:.0f}s (pipeline {report['total_seconds']:.0f}s). Headline: joint retriever + re-ranker nDCG@10 "
-              f"{head['nDCG@10']:.4f} (BM25 {report['systems']['bm25']['nDCG@10']:.4f}, zero-shot "
-              f"{report['systems']['zero-shot']['nDCG@10']:.4f}).")
+              f"{head['nDCG@10']:.4f} (BM25 {systems['bm25']['nDCG@10']:.4f}, zero-shot "
+              f"{systems['zero-shot']['nDCG@10']:.4f}); best system: {best} {systems[best]['nDCG@10']:.4f}.")
     _echo_err(f"report: {out / 'report.md'}, {out / 'report.json'}, plots {out}/*.png; models: "
               f"{report['models']['retriever']}, {report['models']['reranker']}")
 

@@ -43,7 +43,6 @@ from tandem.utils import progress_bar
 
 log = logging.getLogger(__name__)
 
-RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 
 
 @dataclass(frozen=True)
@@ -147,13 +146,15 @@ def merge_rrf(runs: Mapping[str, Mapping[str, float]], top_n: int) -> list[dict]
     order is that stage's, with several it is reciprocal rank fusion (sum of 1 / (60 + rank)).
     """
     from tandem.data.trec import ranked
+    from tandem.index.fusion import rrf_scores
 
     per: dict[str, dict] = {}
     for name, docs in runs.items():
         for r, (pid, s) in enumerate(ranked(dict(docs)), start=1):
-            e = per.setdefault(pid, {"pid": pid, "rrf": 0.0})
+            e = per.setdefault(pid, {"pid": pid})
             e[f"{name}_rank"], e[f"{name}_score"] = r, round(float(s), 5)
-            e["rrf"] += 1.0 / (RRF_K + r)
+    for pid, f in rrf_scores(list(runs.values())).items():
+        per[pid]["rrf"] = f
     if len(runs) == 1:
         name = next(iter(runs))
         order = sorted(per.values(), key=lambda e: e[f"{name}_rank"])

@@ -31,6 +31,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Throughputs measured on the 2-core CPU box (BENCHMARKS.md), at 128 passage tokens; used by --dry-run.
 CPU_RATES = {"encode_per_s": 50.0, "train_seq_per_s": 9.5, "rerank_pairs_per_s": 40.0}
+HYBRID_EXTRA_PAIRS = 1.45
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,16 @@ class RecipeConfig:
                                         "probabilities (chosen on held-out queries instead of fixed)")
     reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
     rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query")
+    hybrid: bool = _f(True, "also report the hybrid first stage: BM25 + joint retriever, reciprocal rank fusion")
+    hybrid_rerank: bool = _f(True, "with hybrid: also re-rank the hybrid top rerank_k with the joint re-ranker "
+                                   "(pairs shared with the dense top-k are scored once; ~45% more pairs)")
     seed: int = _f(1, "seed of training")
     heldout_fraction: float = _f(0.1, "training lists held out for the curves and the kl_gate")
     eval_every: int = _f(10, "held-out evaluation every N steps")
     train: dict = _f(None, "extra training settings (see tandem train-settings) for every training stage")
+    warmup_train: dict = _f(None, "training settings for the re-ranker warm-up only (over list_size, batch_size, "
+                                  "train)")
+    joint_train: dict = _f(None, "training settings for the joint stage only (over list_size, batch_size, train)")
     plan_passages: int = _f(0, "--dry-run: plan for this corpus size instead of the data's (with the two below, "
                                "the data need not be present)")
     plan_train_queries: int = _f(0, "--dry-run: plan for this many training queries")
@@ -70,12 +77,19 @@ class RecipeConfig:
                            "tokens, train_seq_per_s at 128 tokens, rerank_pairs_per_s at 160 tokens); default: "
                            "this project's 2-core CPU")
 
-    def train_overrides(self, mode: str, steps: int) -> dict[str, Any]:
+    def train_overrides(self, mode: str, steps: int, stage: str = "") -> dict[str, Any]:
+        """The training settings of a stage: the recipe's, then ``train``, then the stage's own."""
+        own = {"warmup": self.warmup_train, "joint": self.joint_train}.get(stage) or {}
         return {"mode": mode, "max_steps": steps, "list_size": self.list_size, "batch_size": self.batch_size,
                 "query_max_length": self.query_max_length, "passage_max_length": self.max_length,
                 "reranker_max_length": self.reranker_max_length, "seed": self.seed,
                 "heldout_fraction": self.heldout_fraction, "eval_every": self.eval_every,
-                "reranker_arch": self.reranker_arch, **(self.train or {})}
+                "reranker_arch": self.reranker_arch, **(self.train or {}), **own}
+
+    def stage_shape(self, stage: str) -> tuple[int, int]:
+        """(lists per step, passages per list) of a training stage."""
+        o = self.train_overrides("", 0, stage)
+        return int(o["batch_size"]), int(o["list_size"])
 
 
 def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RecipeConfig:
@@ -164,14 +178,19 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
     enc = rates["encode_per_s"] * 128 / cfg.max_length * dev
     seq = rates["train_seq_per_s"] * 128 / cfg.max_length * dev
     pairs = rates["rerank_pairs_per_s"] * 160 / cfg.reranker_max_length * dev
-    per_list_joint = 2 * cfg.list_size + 1
+    (wb, wl), (jb, jl) = cfg.stage_shape("warmup"), cfg.stage_shape("joint")
     queries = enc * cfg.max_length / cfg.query_max_length  # queries/s: short texts
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": n_test / queries + 5,
            "lists": n_train / queries + 5,
-           "warmup": cfg.warmup_steps * cfg.batch_size * cfg.list_size / seq + 30,
+           "warmup": cfg.warmup_steps * wb * wl / seq + 30,
            "denoise": (n_train * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10) if cfg.denoise else 0.0,
-           "joint": cfg.joint_steps * cfg.batch_size * per_list_joint / seq + 30,
-           "joint-index": n_passages / enc + 10, "rerank": n_test * cfg.rerank_k / pairs + 5}
+           "joint": cfg.joint_steps * jb * (2 * jl + 1) / seq + 30,
+           "joint-index": n_passages / enc + 10,
+           # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
+           "rerank": n_test * cfg.rerank_k * (HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0) / pairs
+           + 5}
+    if cfg.hybrid:
+        est["hybrid"] = 2.0 + n_test / 1000
     if cfg.retriever_only_steps:
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
     return est
@@ -200,21 +219,22 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
     """
     h, layers, heads, params = shape["hidden"], shape["layers"], shape["heads"], shape["params"]
     per_token_layer = (34 * h + 5 * heads * cfg.max_length) * (1 if gpu else 2)
-    extra = cfg.train or {}
-    chunk = int(extra.get("chunk_size", 0) or 0)
-    batch = max(1, cfg.batch_size // max(1, cfg.devices))
 
-    def acts(seqs: int, length: int) -> float:
+    def acts(stage: str, seqs_per_list: int, length: int) -> float:
+        o = cfg.train_overrides("", 0, stage)
+        chunk = int(o.get("chunk_size", 0) or 0)
+        batch = max(1, int(o["batch_size"]) // max(1, cfg.devices))
+        seqs = batch * (int(o["list_size"]) + seqs_per_list)
         live = min(seqs, chunk) if chunk else seqs
         return live * length * layers * per_token_layer
 
     states = 16.0 * params
-    retr = acts(batch * (cfg.list_size + 1), cfg.max_length)
-    rer = acts(batch * cfg.list_size, cfg.reranker_max_length)
+    joint = 2 * states + max(acts("joint", 1, cfg.max_length), acts("joint", 0, cfg.reranker_max_length))
     vectors = 4.0 * n_passages * h
-    return {"warmup": states + rer, "joint": 2 * states + max(retr, rer), "zs-index": vectors + 4 * params,
-            "joint-index": vectors + 4 * params, "denoise": 4 * params, "rerank": 4 * params,
-            **({"retriever-only": states + retr} if cfg.retriever_only_steps else {})}
+    return {"warmup": states + acts("warmup", 0, cfg.reranker_max_length), "joint": joint,
+            "zs-index": vectors + 4 * params, "joint-index": vectors + 4 * params, "denoise": 4 * params,
+            "rerank": 4 * params, **({"retriever-only": states + acts("", 1, cfg.max_length)}
+                                     if cfg.retriever_only_steps else {})}
 
 
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
@@ -316,17 +336,31 @@ class _Runner:
         st.run("joint-index", {}, lambda d: self._index_and_search(out / "joint" / "retriever", d, tq),
                after=("joint",))
 
+        def hybrid(d: Path) -> None:
+            from tandem.data import read_run
+            from tandem.index.fusion import fuse_runs
+
+            runs = [read_run(out / "bm25" / "run.trec"), read_run(out / "joint-index" / "run.trec")]
+            write_run(d / "run.trec", fuse_runs(runs, top=1000))
+
+        if cfg.hybrid:
+            st.run("hybrid", {}, hybrid, after=("bm25", "joint-index"))
+
         def rerank_stage(d: Path) -> None:
             from tandem.data import read_run
             from tandem.models.reranker import Reranker
             from tandem.rerank import rerank
 
             ce = Reranker.from_pretrained(out / "joint" / "reranker")
-            first = read_run(out / "joint-index" / "run.trec")
-            write_run(d / "run.trec", rerank(first, self.test_ds.queries, self.test_ds.corpus, ce, cfg.rerank_k,
-                                             progress=self.progress))
+            cache: dict = {}  # (qid, pid) -> score: the dense and hybrid top-k overlap
+            both = cfg.hybrid and cfg.hybrid_rerank
+            for first, name in [("joint-index", "run.trec")] + ([("hybrid", "hybrid.trec")] if both else []):
+                write_run(d / name, rerank(read_run(out / first / "run.trec"), self.test_ds.queries,
+                                           self.test_ds.corpus, ce, cfg.rerank_k, progress=self.progress,
+                                           cache=cache))
 
-        st.run("rerank", {"k": cfg.rerank_k}, rerank_stage, after=("joint-index",))
+        st.run("rerank", {"k": cfg.rerank_k, "hybrid": cfg.hybrid and cfg.hybrid_rerank}, rerank_stage,
+               after=("joint-index", "hybrid") if cfg.hybrid and cfg.hybrid_rerank else ("joint-index",))
         if cfg.retriever_only_steps:
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
@@ -348,7 +382,7 @@ class _Runner:
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists") -> None:
         from tandem.train import train
 
-        overrides = self.cfg.train_overrides(mode, steps)
+        overrides = self.cfg.train_overrides(mode, steps, name)
 
         def fn(d: Path) -> None:
             result = train(self.data_dir, d, lists=self.out / lists / "lists.jsonl",
@@ -377,6 +411,10 @@ class _Runner:
             "joint-retriever": ("joint-index/run.trec", joint),
             "joint-retriever+reranker": ("rerank/run.trec", [*joint, "rerank"]),
         }
+        if self.cfg.hybrid:
+            chains["hybrid"] = ("hybrid/run.trec", ["bm25", *joint, "hybrid"])
+            if self.cfg.hybrid_rerank:
+                chains["hybrid+reranker"] = ("rerank/hybrid.trec", ["bm25", *joint, "hybrid", "rerank"])
         if self.cfg.retriever_only_steps:
             chains["retriever-only"] = ("retriever-only-index/run.trec",
                                         ["zs-index", *lists, "retriever-only", "retriever-only-index"])
@@ -414,7 +452,11 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{cfg['reranker_max_length']}; lists of {cfg['list_size']} from the zero-shot top-{cfg['top_n']}, "
               f"{cfg['batch_size']} lists per step; re-ranker warm-up {cfg['warmup_steps']} steps "
               f"({cfg['reranker_arch']} architecture), joint training {cfg['joint_steps']} steps; the joint "
-              f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}."
+              f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}"
+              + (f" and the hybrid first stage's (BM25 + joint retriever, reciprocal rank fusion, k = 60) top-"
+                 f"{cfg['rerank_k']}." if cfg.get("hybrid") and cfg.get("hybrid_rerank") else ".")
+              + (" `hybrid`: BM25 and the joint retriever fused by reciprocal rank fusion (k = 60)."
+                 if cfg.get("hybrid") else "")
               + (f" Hybrid lists: the warmed-up re-ranker scored each training query's first {cfg['denoise_top'] or cfg['top_n']} "
                  + (f"candidates; below the {100 * cfg['low_from_positives']:.0f}% quantile of the held-out "
                     "positives' probabilities (the value is in the mining report)" if cfg.get("low_from_positives")

@@ -256,18 +256,18 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
 
 def serve(index: str | Path, reranker: str | None = None, data: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, settings: ServeSettings = ServeSettings(), allow_untrained_reranker: bool = False,
-          log_level: str = "info", backend: str = "torch") -> None:
+          log_level: str = "info", backend: str = "torch", hybrid: bool = False) -> None:
     """Load the pipeline (failing fast on a bad index or model), then serve it until stopped."""
     import uvicorn
 
     def loader(new_index: str | None) -> Pipeline:
         return Pipeline.load(new_index or index, reranker=reranker, data=data,
-                             allow_untrained_reranker=allow_untrained_reranker, backend=backend)
+                             allow_untrained_reranker=allow_untrained_reranker, backend=backend, hybrid=hybrid)
 
     pipeline = loader(None)
     app = create_app(pipeline, settings, loader)
-    log.info("serving %s (%d passages%s) on http://%s:%d", index, len(pipeline.index),
-             f", re-ranker {reranker}" if reranker else "", host, port)
+    log.info("serving %s (%d passages%s%s) on http://%s:%d", index, len(pipeline.index),
+             ", hybrid with BM25" if hybrid else "", f", re-ranker {reranker}" if reranker else "", host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
 
 

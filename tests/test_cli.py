@@ -45,6 +45,13 @@ def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
                              "--json").stdout)
     assert set(both) == {str(tmp_path / "bm25.trec"), str(tmp_path / "dense.trec")}
     assert set(both[str(tmp_path / "dense.trec")]) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
+    tandem("fuse", tmp_path / "bm25.trec", tmp_path / "dense.trec", "--out", tmp_path / "hybrid.trec", "--top", 15)
+    hybrid = json.loads(tandem("evaluate", tmp_path / "hybrid.trec", "--qrels", qrels, "--json").stdout)
+    assert hybrid["nDCG@10"] > 0.5
+    from tandem.data import read_run as _read
+
+    assert all(len(d) == 15 for d in _read(tmp_path / "hybrid.trec").values())
+    assert tandem("fuse", tmp_path / "bm25.trec", "--out", tmp_path / "x.trec", check=False).returncode == 2
     table = tandem("evaluate", tmp_path / "bm25.trec", tmp_path / "dense.trec", "--qrels", qrels).stdout
     assert "bm25.trec" in table and "dense.trec" in table and "nDCG@10" in table
     proc = tandem("rerank", "--run", tmp_path / "bm25.trec", "--data", tiny_dataset, "--reranker", tiny_model_dir,

@@ -126,3 +126,48 @@ def test_killed_index_build_resumes_from_its_shards(tiny_dataset, tiny_encoder, 
     (tmp_path / "idx.encoding" / "shard-00000.npy").write_bytes(b"junk")
     again = build_index(ds.corpus, tmp_path / "idx", tiny_encoder, shard_size=7)
     assert again.ids == whole.ids
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    from tandem.index.fusion import fuse_runs, rrf_scores
+
+    a = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    b = {"q": {"c": 5.0, "a": 4.0}, "only-b": {"x": 1.0}}
+    fused = fuse_runs([a, b])
+    assert fused["q"] == pytest.approx({"a": 1 / 61 + 1 / 62, "c": 1 / 63 + 1 / 61, "b": 1 / 62})
+    assert list(fused["q"]) == ["a", "c", "b"]  # ranked
+    assert fused["only-b"] == pytest.approx({"x": 1 / 61})  # a query in one run only is kept
+    # weights, depth and the constant
+    s = rrf_scores([a["q"], b["q"]], k=0, weights=[1.0, 2.0], depth=1)
+    assert s == pytest.approx({"a": 1.0, "c": 2.0})
+    assert list(fuse_runs([a, b], top=1)["q"]) == ["a"]
+    with pytest.raises(TandemError, match="weights"):
+        rrf_scores([a["q"]], weights=[1.0, 2.0])
+    with pytest.raises(TandemError):
+        fuse_runs([])
+
+
+def test_rerank_of_two_first_stages_scores_each_pair_once(tiny_dataset):
+    from tandem.rerank import rerank
+
+    ds = load_beir(tiny_dataset, "test")
+
+    class Counting:
+        def __init__(self):
+            self.pairs = 0
+
+        def predict(self, pairs, batch_size=32, progress=False):
+            self.pairs += len(pairs)
+            return np.array([float(len(q) + len(p) % 7) for q, p in pairs])
+
+    qid = next(iter(ds.queries))
+    ids = list(ds.corpus.ids)
+    first = {qid: {p: 10.0 - i for i, p in enumerate(ids[:6])}}
+    second = {qid: {p: 10.0 - i for i, p in enumerate(ids[3:9])}}
+    model, cache = Counting(), {}
+    a = rerank(first, ds.queries, ds.corpus, model, k=4, cache=cache)
+    b = rerank(second, ds.queries, ds.corpus, model, k=4, cache=cache)
+    assert model.pairs == 7  # ids[0:4] and ids[3:7] share ids[3]
+    fresh = Counting()
+    assert rerank(second, ds.queries, ds.corpus, fresh, k=4) == b and fresh.pairs == 4
+    assert list(a[qid])[4:] == ids[4:6]  # the tail follows in first-stage order

@@ -22,7 +22,8 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     out = tmp_path / "run"
     report = run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2), out, progress=False)
     saved = json.loads((out / "report.json").read_text())
-    for name in ("bm25", "zero-shot", "joint-retriever", "joint-retriever+reranker", "retriever-only"):
+    for name in ("bm25", "zero-shot", "joint-retriever", "joint-retriever+reranker", "retriever-only", "hybrid",
+                 "hybrid+reranker"):
         assert set(saved["systems"][name]) >= {"nDCG@10", "RR@10", "R@100", "seconds"}, name
     assert saved["total_seconds"] > 0 and saved == json.loads(json.dumps(report))
     for f in ("report.md", "systems.png", "losses.png", "heldout.png", "joint/retriever/README.md",
@@ -45,7 +46,18 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     with caplog.at_level("INFO", logger="tandem.recipe"):
         run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2, joint_steps=3), out, progress=False)
     ran = {line.split(" stage ", 1)[1].split()[0] for line in caplog.text.splitlines() if "running" in line}
-    assert ran == {"joint", "joint-index", "rerank"}
+    assert ran == {"joint", "joint-index", "hybrid", "rerank"}
+    # the hybrid first stage is the RRF of BM25 and the joint retriever; its re-ranked top-k re-orders it
+    from tandem.data import ranked, read_run
+    from tandem.index.fusion import fuse_runs
+
+    fused = fuse_runs([read_run(out / "bm25" / "run.trec"), read_run(out / "joint-index" / "run.trec")])
+    hybrid = read_run(out / "hybrid" / "run.trec")
+    assert {q: [p for p, _ in ranked(d, 10)] for q, d in hybrid.items()} == \
+        {q: [p for p, _ in ranked(d, 10)] for q, d in fused.items()}
+    reranked = read_run(out / "rerank" / "hybrid.trec")
+    for q, d in reranked.items():
+        assert {p for p, _ in ranked(d, 5)} == {p for p, _ in ranked(hybrid[q], 5)}
 
 
 def test_killed_training_stage_resumes(tiny_dataset, tiny_model_dir, tmp_path):

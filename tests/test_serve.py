@@ -195,3 +195,30 @@ def test_search_page_in_a_headless_browser_and_clean_shutdown(served, tmp_path):
     finally:
         assert server.stop() == 0  # SIGINT: graceful shutdown, exit status 0
     assert "Shutting down" in server.output() or "Finished server process" in server.output()
+
+
+def test_hybrid_pipeline_is_the_rrf_of_dense_and_bm25(served):
+    from tandem.index.bm25 import bm25_search
+    from tandem.index.dense import dense_search, load_index_and_encoder
+    from tandem.index.fusion import fuse_runs
+
+    _, root, ds, _ = served
+    pipe = Pipeline.load(root / "idx", hybrid=True)
+    assert pipe.info["hybrid"] and pipe.info["bm25"]["retriever"] == "bm25s"
+    qids = list(ds.queries)[:8]
+    texts = [ds.queries[q] for q in qids]
+    got = pipe.search(texts, k=10, candidates=30)
+    index, enc = load_index_and_encoder(root / "idx")
+    n = len(ds.corpus)
+    want = fuse_runs([dense_search(index, enc, {q: ds.queries[q] for q in qids}, k=n),
+                      bm25_search(ds.corpus, {q: ds.queries[q] for q in qids}, k=n)], top=10)
+    for q, hits in zip(qids, got):
+        assert [h.pid for h in hits] == list(want[q])
+        assert [h.retrieval_score for h in hits] == pytest.approx(list(want[q].values()))
+    bare = root / "idx-no-corpus"  # an index that does not record its corpus: hybrid search needs the texts
+    shutil.copytree(root / "idx", bare)
+    info = json.loads((bare / "manifest.json").read_text())
+    info.pop("corpus_file")
+    (bare / "manifest.json").write_text(json.dumps(info))
+    with pytest.raises(Exception, match="hybrid search needs the passage texts"):
+        Pipeline.load(bare, hybrid=True)
