@@ -161,7 +161,9 @@ def index(data: str = DataOpt,
                                                                              "(a killed build continues from its shards)."),
           backend: Backend = BackendOpt,
           progress: bool = ProgressOpt) -> None:
-    """Encode the corpus and build a FAISS index (with ids and manifest.json); resumable shard by shard."""
+    """Encode the corpus and build a FAISS index (with ids and manifest.json); resumable shard by shard.
+
+    Under ``torchrun --nproc_per_node N`` the shards are spread over N processes (one GPU each)."""
     from tandem.data import resolve_dataset
     from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
     from tandem.index.dense import build_index
@@ -177,8 +179,11 @@ def index(data: str = DataOpt,
     idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
                       index_type=index_type.value,
                       batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
-                      progress=progress, shard_size=shard_size)
+                      progress=progress, shard_size=shard_size, distributed=True)
     dt = time.perf_counter() - t0
+    if idx is None:  # under torchrun: this process encoded its shards; rank 0 builds the index
+        _echo_err(f"index: this process's shards encoded ({dt:.1f}s); rank 0 writes {out}")
+        return
     _echo_err(f"index: {len(idx):,} passages, dim {idx.index.d}, {index_type.value} -> {out} "
               f"({dt:.1f}s, {len(idx) / dt:.1f} passages/s)")
 

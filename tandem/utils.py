@@ -11,6 +11,16 @@ from typing import Iterator
 import numpy as np
 
 
+def inference_device() -> str:
+    """Where loaded models run: ``$TANDEM_DEVICE`` if set, else this process's GPU (``cuda:LOCAL_RANK``
+    under torchrun) when there is one, else the CPU. Training moves models to its own ``device`` setting."""
+    import torch
+
+    if os.environ.get("TANDEM_DEVICE"):
+        return os.environ["TANDEM_DEVICE"]
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
 def progress_enabled(requested: bool) -> bool:
     """Bars show when asked for, unless ``TANDEM_NO_PROGRESS`` is set."""
     return requested and not os.environ.get("TANDEM_NO_PROGRESS")

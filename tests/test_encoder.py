@@ -71,3 +71,36 @@ def test_default_model_matches_sentence_transformers():
     theirs = SentenceTransformer(str(default_model_path()), device="cpu").encode(texts, batch_size=16)
     cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() >= 0.9999
+
+
+def test_inference_device_follows_tandem_device(monkeypatch, tiny_model_dir):
+    from tandem.models.reranker import Reranker
+    from tandem.utils import inference_device
+
+    monkeypatch.setenv("TANDEM_DEVICE", "cpu")
+    assert inference_device() == "cpu"
+    assert Encoder.from_pretrained(str(tiny_model_dir)).device.type == "cpu"
+    assert Reranker.from_pretrained(str(tiny_model_dir)).device.type == "cpu"
+
+
+@pytest.mark.gpu
+def test_loaded_models_run_on_the_gpu_and_agree_with_the_cpu(monkeypatch, tiny_model_dir, tiny_dataset, tmp_path):
+    from tandem.data import load_beir
+    from tandem.models.gated import GatedReranker
+    from tandem.models.reranker import Reranker
+
+    monkeypatch.delenv("TANDEM_DEVICE", raising=False)
+    texts = list(load_beir(tiny_dataset, "test").corpus)[:20]
+    gpu = Encoder.from_pretrained(str(tiny_model_dir), max_length=32)
+    assert gpu.device.type == "cuda"
+    monkeypatch.setenv("TANDEM_DEVICE", "cpu")
+    cpu = Encoder.from_pretrained(str(tiny_model_dir), max_length=32)
+    np.testing.assert_allclose(gpu.encode(texts), cpu.encode(texts), atol=1e-4)
+    pairs = [("protein cell", t) for t in texts]
+    monkeypatch.delenv("TANDEM_DEVICE")
+    ce = Reranker.from_pretrained(str(tiny_model_dir))
+    assert ce.device.type == "cuda"
+    assert np.isfinite(ce.predict(pairs)).all()
+    GatedReranker.from_body(str(tiny_model_dir), corpus=texts).save(tmp_path / "gated-gpu")
+    loaded = Reranker.from_pretrained(tmp_path / "gated-gpu")
+    assert loaded.device.type == "cuda" and np.isfinite(loaded.predict(pairs)).all()

@@ -171,3 +171,26 @@ def test_rerank_of_two_first_stages_scores_each_pair_once(tiny_dataset):
     fresh = Counting()
     assert rerank(second, ds.queries, ds.corpus, fresh, k=4) == b and fresh.pairs == 4
     assert list(a[qid])[4:] == ids[4:6]  # the tail follows in first-stage order
+
+
+def test_index_shards_spread_over_torchrun_processes(tiny_dataset, tiny_model_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 -m tandem index` deals the shards out and gives the same index."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TANDEM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    common = ["index", "--data", str(tiny_dataset), "--model", str(tiny_model_dir), "--max-length", "32",
+              "--shard-size", "7"]
+    one = subprocess.run([sys.executable, "-m", "tandem", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "tandem", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "this process's shards encoded" in two.stderr  # rank 1 encoded its share and left the index to rank 0
+    a, b = DenseIndex.load(tmp_path / "one"), DenseIndex.load(tmp_path / "two")
+    assert a.ids == b.ids and not (tmp_path / "two.encoding").exists()
+    np.testing.assert_allclose(load_embeddings(tmp_path / "two" / "embeddings.npy"),
+                               load_embeddings(tmp_path / "one" / "embeddings.npy"), rtol=1e-5, atol=1e-5)

@@ -132,7 +132,9 @@ class Encoder(nn.Module):
     def set_backend(self, backend: str) -> "Encoder":
         """Run inference (``encode``) in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``)."""
         from tandem.models.onnx_backend import runtime
+        from tandem.utils import inference_device
 
+        self.to(inference_device() if backend == "torch" else "cpu")  # ONNX Runtime runs on the CPU here
         self.runtime, self.backend = runtime(self.backbone, self.name, backend), backend
         return self
 

@@ -110,7 +110,7 @@ class GatedReranker(Reranker):
         if missing:
             raise ModelLoadError(f"{path / HEAD_FILE}: parameters do not match the gated re-ranker: {sorted(missing)}")
         model.load_state_dict(extras, strict=False)
-        return model
+        return model.set_backend("torch")
 
     # ---- inputs -----------------------------------------------------------------------------
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, Tensor]:
@@ -201,7 +201,7 @@ class GatedReranker(Reranker):
         c = torch.cat(cos).view(-1, group_size)  # (B, G)
         h = torch.cat(head).view(-1, group_size)  # (B, G)
         x = torch.cat(lex).view(-1, group_size)  # (B, G)
-        labels = torch.zeros(c.size(0), dtype=torch.long)
+        labels = torch.zeros(c.size(0), dtype=torch.long, device=c.device)
         params = torch.stack([self.scale.detach(), self.w_lex.detach()]).clone().requires_grad_()
 
         def loss_of(p: Tensor) -> Tensor:

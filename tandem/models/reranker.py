@@ -52,7 +52,9 @@ class Reranker(nn.Module):
         if backend != "torch" and self.settings.architecture != "cross":
             raise TandemError(f"the ONNX backend runs plain cross-encoders; this re-ranker is {self.settings.architecture!r}")
         from tandem.models.onnx_backend import runtime
+        from tandem.utils import inference_device
 
+        self.to(inference_device() if backend == "torch" else "cpu")  # ONNX Runtime runs on the CPU here
         self.runtime, self.backend = runtime(self.model, self.name, backend, classifier=True), backend
         return self
 
@@ -82,7 +84,7 @@ class Reranker(nn.Module):
         values = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
         values["trained"] = not head_missing and values.get("trained", True)
         settings = RerankerSettings(**{k: v for k, v in values.items() if k in RerankerSettings.__dataclass_fields__})
-        return cls(model, load_tokenizer(name), settings, name=name)
+        return cls(model, load_tokenizer(name), settings, name=name).set_backend("torch")
 
     @property
     def device(self) -> torch.device:
