@@ -200,6 +200,9 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
            model: Optional[str] = typer.Option(None, help="Query encoder; must be the model the index was built with "
                                                           "(default: read from the index manifest)."),
            batch_size: int = typer.Option(64, "--batch-size", min=1),
+           hybrid: bool = typer.Option(False, "--hybrid", help="Fuse the dense ranking with BM25's over the same "
+                                                              "corpus (reciprocal rank fusion, each stage's top "
+                                                              "max(k, 100))."),
            backend: Backend = BackendOpt,
            progress: bool = ProgressOpt) -> None:
     """Retrieve top-k passages for a dataset's queries (TREC run) or for one query string."""
@@ -217,7 +220,9 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
         from tandem.data import ranked, resolve_dataset
         from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
 
-        run = dense_search(idx, encoder, {"q": query}, k)
+        run = dense_search(idx, encoder, {"q": query}, max(k, 100) if hybrid else k)
+        if hybrid:
+            run = _fuse_with_bm25(run, {"q": query}, idx, data, k)
         corpus = load_any_corpus(beir_corpus_file(resolve_dataset(data))) if data is not None else None
         for rank, (pid, score) in enumerate(ranked(run["q"]), start=1):
             snippet = f"  {corpus.text(pid)[:100]}" if corpus is not None else ""
@@ -238,14 +243,30 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     else:
         _, ds = _load_split(data, split)
         queries = ds.split_queries()
-    t1 = time.perf_counter()
-    run = dense_search(idx, encoder, queries, k, batch_size=batch_size, progress=progress)
-    dt = time.perf_counter() - t1
     if out is None:
         raise TandemError("--out RUN.trec is required with --data or --queries")
-    write_run(out, run, tag="tandem-dense")
+    t1 = time.perf_counter()
+    run = dense_search(idx, encoder, queries, max(k, 100) if hybrid else k, batch_size=batch_size, progress=progress)
+    if hybrid:
+        run = _fuse_with_bm25(run, queries, idx, data, k)
+    dt = time.perf_counter() - t1
+    write_run(out, run, tag="tandem-hybrid" if hybrid else "tandem-dense")
     _echo_err(f"search: {len(run)} queries -> {out} ({dt:.1f}s search, {len(run) / dt:.1f} queries/s; "
               f"{time.perf_counter() - t0:.1f}s total)")
+
+
+def _fuse_with_bm25(run: dict, queries: dict, idx, data: Optional[str], k: int) -> dict:
+    """The dense ``run`` fused with BM25 over the index's corpus (``--data``, else the one it recorded)."""
+    from tandem.data import resolve_dataset
+    from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
+    from tandem.index.bm25 import BM25
+    from tandem.index.fusion import fuse_runs
+
+    path = beir_corpus_file(resolve_dataset(data)) if data is not None else idx.info.get("corpus_file")
+    if not path or not Path(path).exists():
+        raise TandemError("--hybrid needs the passage texts for BM25: pass --data (the indexed dataset)")
+    lexical = BM25(load_any_corpus(path)).search(queries, max(k, 100))
+    return fuse_runs([run, lexical], top=k)
 
 
 @app.command("rerank")

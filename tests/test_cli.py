@@ -52,6 +52,16 @@ def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
 
     assert all(len(d) == 15 for d in _read(tmp_path / "hybrid.trec").values())
     assert tandem("fuse", tmp_path / "bm25.trec", "--out", tmp_path / "x.trec", check=False).returncode == 2
+    # search --hybrid = dense + BM25 fused in one command (the index records its corpus file)
+    tandem("search", "--index", tmp_path / "idx", "--data", tiny_dataset, "--k", 15, "--hybrid",
+           "--out", tmp_path / "hybrid2.trec")
+    from tandem.index.fusion import fuse_runs
+
+    tandem("search", "--index", tmp_path / "idx", "--data", tiny_dataset, "--k", 100, "--out", tmp_path / "d100.trec")
+    tandem("bm25", "--data", tiny_dataset, "--split", "test", "--out", tmp_path / "b100.trec", "--k", "100")
+    want = fuse_runs([_read(tmp_path / "d100.trec"), _read(tmp_path / "b100.trec")], top=15)
+    got = _read(tmp_path / "hybrid2.trec")
+    assert {q: list(d) for q, d in got.items()} == {q: list(d) for q, d in want.items()}
     table = tandem("evaluate", tmp_path / "bm25.trec", tmp_path / "dense.trec", "--qrels", qrels).stdout
     assert "bm25.trec" in table and "dense.trec" in table and "nDCG@10" in table
     proc = tandem("rerank", "--run", tmp_path / "bm25.trec", "--data", tiny_dataset, "--reranker", tiny_model_dir,
