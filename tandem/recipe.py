@@ -46,6 +46,9 @@ class RecipeConfig:
     top_n: int = _f(50, "zero-shot candidates mined per training query")
     list_size: int = _f(6, "passages per training list (1 positive + negatives)")
     batch_size: int = _f(8, "lists per step")
+    retriever_warmup_steps: int = _f(0, "retriever-alone steps before everything trained (0: off): the re-ranker "
+                                         "warm-up grows from this retriever and joint training starts from it, as "
+                                         "RocketQAv2 starts from trained models")
     warmup_steps: int = _f(30, "re-ranker warm-up steps (reranker mode) before joint training")
     joint_steps: int = _f(20, "joint training steps")
     retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
@@ -65,6 +68,8 @@ class RecipeConfig:
     heldout_fraction: float = _f(0.1, "training lists held out for the curves and the kl_gate")
     eval_every: int = _f(10, "held-out evaluation every N steps")
     train: dict = _f(None, "extra training settings (see tandem train-settings) for every training stage")
+    retriever_warmup_train: dict = _f(None, "training settings for the retriever warm-up only (over list_size, "
+                                            "batch_size, train)")
     warmup_train: dict = _f(None, "training settings for the re-ranker warm-up only (over list_size, batch_size, "
                                   "train)")
     joint_train: dict = _f(None, "training settings for the joint stage only (over list_size, batch_size, train)")
@@ -79,7 +84,8 @@ class RecipeConfig:
 
     def train_overrides(self, mode: str, steps: int, stage: str = "") -> dict[str, Any]:
         """The training settings of a stage: the recipe's, then ``train``, then the stage's own."""
-        own = {"warmup": self.warmup_train, "joint": self.joint_train}.get(stage) or {}
+        own = {"retriever-warmup": self.retriever_warmup_train, "warmup": self.warmup_train,
+               "joint": self.joint_train}.get(stage) or {}
         return {"mode": mode, "max_steps": steps, "list_size": self.list_size, "batch_size": self.batch_size,
                 "query_max_length": self.query_max_length, "passage_max_length": self.max_length,
                 "reranker_max_length": self.reranker_max_length, "seed": self.seed,
@@ -191,6 +197,9 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
            + 5}
     if cfg.hybrid:
         est["hybrid"] = 2.0 + n_test / 1000
+    if cfg.retriever_warmup_steps:
+        rb, rl = cfg.stage_shape("retriever-warmup")
+        est["retriever-warmup"] = cfg.retriever_warmup_steps * rb * (rl + 1) / seq + 20
     if cfg.retriever_only_steps:
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
     return est
@@ -234,7 +243,9 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
     return {"warmup": states + acts("warmup", 0, cfg.reranker_max_length), "joint": joint,
             "zs-index": vectors + 4 * params, "joint-index": vectors + 4 * params, "denoise": 4 * params,
             "rerank": 4 * params, **({"retriever-only": states + acts("", 1, cfg.max_length)}
-                                     if cfg.retriever_only_steps else {})}
+                                     if cfg.retriever_only_steps else {}),
+            **({"retriever-warmup": states + acts("retriever-warmup", 1, cfg.max_length)}
+               if cfg.retriever_warmup_steps else {})}
 
 
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
@@ -323,15 +334,20 @@ class _Runner:
                  progress=self.progress, ds=self.train_ds)
 
         st.run("lists", {"top_n": cfg.top_n}, lists, after=("zs-index",))
-        self._train("warmup", "reranker", cfg.warmup_steps, None, self.model, after=("lists",))
+        start, start_after = self.model, ()  # what the re-ranker warm-up and joint training start from
+        if cfg.retriever_warmup_steps:
+            self._train("retriever-warmup", "retriever", cfg.retriever_warmup_steps, self.model, None,
+                        after=("lists",))
+            start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
+        self._train("warmup", "reranker", cfg.warmup_steps, None, start, after=("lists", *start_after))
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"
             st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high,
                                "low_from_positives": cfg.low_from_positives},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
-        self._train("joint", "joint", cfg.joint_steps, self.model, str(out / "warmup" / "reranker"),
-                    after=(lists_stage, "warmup"), lists=lists_stage)
+        self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),
+                    after=(lists_stage, "warmup", *start_after), lists=lists_stage)
 
         st.run("joint-index", {}, lambda d: self._index_and_search(out / "joint" / "retriever", d, tq),
                after=("joint",))
@@ -404,7 +420,7 @@ class _Runner:
 
         s = self.stages.seconds
         lists = ["lists", "warmup", "denoise"] if self.cfg.denoise else ["lists"]
-        joint = ["zs-index", *lists, "warmup", "joint", "joint-index"]
+        joint = ["zs-index", *lists, "retriever-warmup", "warmup", "joint", "joint-index"]
         chains = {
             "bm25": ("bm25/run.trec", ["bm25"]),
             "zero-shot": ("zero-shot/run.trec", ["zs-index", "zero-shot"]),
@@ -424,7 +440,7 @@ class _Runner:
             systems[name] = {**metrics, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
                              "run": str(self.out / run_file)}
         curves = {}
-        for stage in ("warmup", "joint", "retriever-only"):
+        for stage in ("retriever-warmup", "warmup", "joint", "retriever-only"):
             path = self.out / stage / "metrics.jsonl"
             if path.exists():
                 curves[stage] = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]

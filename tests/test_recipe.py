@@ -133,3 +133,18 @@ def test_progress_bars_carry_the_stage_and_time_left(monkeypatch):
             assert bar.desc.startswith("[5/9 joint, ~7 min left] train (joint)")
     with progress_bar(3, "encoding") as bar:
         assert bar.desc == "encoding"
+
+
+def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_steps=2, denoise=False, hybrid=False,
+               retriever_warmup_train={"list_size": 2, "batch_size": 4, "in_batch_negatives": True})
+    report = run_recipe(cfg, out, progress=False)
+    warm = out / "retriever-warmup"
+    assert (warm / "retriever").exists() and "retriever-warmup" in report["stage_seconds"]
+    assert json.loads((warm / "config.json").read_text())["list_size"] == 2
+    done = {n: json.loads((out / n / "done.json").read_text())["settings"] for n in ("warmup", "joint")}
+    assert done["warmup"]["reranker"] == done["joint"]["retriever"] == str(warm / "retriever")
+    assert "retriever-warmup" in report["curves"]
+    plan = run_recipe(cfg, out, dry_run=True)["plan_seconds"]
+    assert plan["retriever-warmup"] > 0
