@@ -98,6 +98,38 @@ def data_dpr_lists(train_json: Path = typer.Argument(..., help="DPR training fil
               + (f"; {dropped} contexts not in the corpus dropped" if corpus is not None else ""))
 
 
+@data_app.command("msmarco-lists")
+def data_msmarco_lists(triples: Path = typer.Argument(..., help="MS MARCO qidpidtriples.train.full.tsv[.gz] "
+                                                                 "(qid, positive pid, negative pid), streamed."),
+                       out: Path = typer.Option(..., "--out", help="Training lists to write (JSON lines)."),
+                       max_negatives: int = typer.Option(32, "--max-negatives", min=1,
+                                                         help="Distinct negatives kept per query (file order)."),
+                       corpus: Optional[Path] = typer.Option(None, "--corpus", help="collection.tsv: drop triples "
+                                                                                    "whose ids it lacks (counted).")) -> None:
+    """Convert MS MARCO's official id triples (BM25 hard negatives) into tandem training lists."""
+    from tandem.data.beir import load_any_corpus
+    from tandem.data.msmarco import triples_to_lists
+
+    c = triples_to_lists(triples, out, max_negatives, load_any_corpus(corpus) if corpus is not None else None)
+    _echo_err(f"msmarco-lists: {c['lists']} lists from {c['triples']} triples -> {out}; {c['negatives_capped']} "
+              f"negatives over the cap of {max_negatives}" + (f"; {c['unknown']} triples with ids not in the corpus "
+                                                               "dropped" if corpus is not None else ""))
+
+
+@data_app.command("msmarco-run")
+def data_msmarco_run(top1000: Path = typer.Argument(..., help="MS MARCO top1000.<split>[.tsv][.gz] (qid, pid, query, "
+                                                               "passage), streamed."),
+                     out: Path = typer.Option(..., "--out", help="TREC run to write (rank = order in the file)."),
+                     queries_out: Optional[Path] = typer.Option(None, "--queries-out",
+                                                                help="Also write the queries as qid<TAB>text.")) -> None:
+    """Convert MS MARCO's official top-1000 re-ranking candidates into a TREC run (for tandem rerank)."""
+    from tandem.data.msmarco import top1000_to_trec
+
+    nq, lines = top1000_to_trec(top1000, out, queries_out)
+    _echo_err(f"msmarco-run: {nq} queries, {lines} candidates -> {out}"
+              + (f"; queries -> {queries_out}" if queries_out else ""))
+
+
 @data_app.command("check")
 def data_check(directory: str = typer.Argument(..., help="Dataset directory or name."),
                as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON.")) -> None:

@@ -42,3 +42,48 @@ def test_msmarco_layout_end_to_end(tmp_path, tiny_model_dir):
            "--retriever", str(tiny_model_dir), "max_steps=1", "batch_size=2", "list_size=4", "query_max_length=16",
            "passage_max_length=32", "--no-progress")
     assert (tmp_path / "t" / "retriever" / "modules.json").exists()
+
+
+def test_official_triples_and_top1000_files(tmp_path, tiny_model_dir):
+    import gzip
+
+    import pytest
+
+    from tandem.data import read_run
+    from tandem.data.msmarco import top1000_to_trec, triples_to_lists
+    from tandem.errors import DataFormatError
+
+    corpus, queries, qrels = generate_dataset(n_passages=60, n_queries=30)
+    data = write_msmarco(tmp_path / "msmarco", corpus, queries, {"train": qrels["train"], "dev": qrels["test"]})
+    # qidpidtriples: (qid, positive, negative); repeated and over-the-cap negatives, an id not in the corpus
+    rows = ["1\t10\t11", "1\t10\t12", "1\t10\t11", "1\t10\t13", "1\t10\t14", "2\t20\t21", "2\t21\t22",
+            "3\t30\t999"]
+    with gzip.open(tmp_path / "triples.tsv.gz", "wt") as f:
+        f.write("\r\n".join(rows) + "\r\n")
+    counts = triples_to_lists(tmp_path / "triples.tsv.gz", tmp_path / "lists.jsonl", max_negatives=3,
+                              known=load_beir(data, "train").corpus)
+    lists = [json.loads(l) for l in (tmp_path / "lists.jsonl").read_text().splitlines()]
+    assert counts == {"triples": 8, "negatives_capped": 1, "unknown": 1, "lists": 2}
+    assert lists[0] == {"qid": "1", "positives": [{"pid": "10"}],
+                        "negatives": [{"pid": p, "rank": r, "source": "msmarco-bm25"}
+                                      for r, p in enumerate(["11", "12", "13"], start=1)]}
+    # 21 is query 2's positive in one triple and a negative in none; 22 stays a negative
+    assert lists[1]["positives"] == [{"pid": "20"}, {"pid": "21"}] and [e["pid"] for e in lists[1]["negatives"]] == ["22"]
+    # the lists train as they are (ids are the collection's)
+    (data / "queries.train.tsv").write_text("1\tq one\n2\tq two\n")
+    tandem("train", "--data", str(data), "--lists", str(tmp_path / "lists.jsonl"), "--out", str(tmp_path / "t"),
+           "--mode", "retriever", "--retriever", str(tiny_model_dir), "max_steps=1", "batch_size=2", "list_size=2",
+           "query_max_length=16", "passage_max_length=32", "--no-progress")
+    # top1000: (qid, pid, query, passage), no scores: file order is the rank
+    (tmp_path / "top1000.dev").write_text("5\t3\tfive q\tp3\n5\t1\tfive q\tp1\n6\t2\tsix q\tp2\n5\t2\tfive q\tp2\n")
+    assert top1000_to_trec(tmp_path / "top1000.dev", tmp_path / "run.trec", tmp_path / "q.tsv") == (2, 4)
+    run = read_run(tmp_path / "run.trec")
+    assert sorted(run["5"], key=lambda p: -run["5"][p]) == ["3", "1", "2"] and list(run["6"]) == ["2"]
+    assert (tmp_path / "q.tsv").read_text() == "5\tfive q\n6\tsix q\n"
+    (tmp_path / "bad.tsv").write_text("1\t10\t11\n1\t10\n")
+    with pytest.raises(DataFormatError, match=r"bad.tsv.*2.*3 tab-separated columns"):
+        triples_to_lists(tmp_path / "bad.tsv", tmp_path / "x.jsonl")
+    proc = tandem("data", "msmarco-lists", str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "x.jsonl"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "bad.tsv:2: expected 3" in proc.stderr
+    out = tandem("data", "msmarco-run", str(tmp_path / "top1000.dev"), "--out", str(tmp_path / "run2.trec")).stderr
+    assert "2 queries, 4 candidates" in out
