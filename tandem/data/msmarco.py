@@ -14,25 +14,12 @@ from tandem.io import open_text
 def iter_tsv_pairs(path: str | Path, what: str) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a two-column TSV; wrong column counts and duplicates name the line."""
     seen: set[str] = set()
-    n = 0
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            cols = line.split("\t")
-            if len(cols) != 2:
-                raise DataFormatError(path, f"expected 2 tab-separated columns ({what} id, text), found {len(cols)}", lineno)
-            key = cols[0].strip()
-            if not key:
-                raise DataFormatError(path, f"empty {what} id", lineno)
-            if key in seen:
-                raise DataFormatError(path, f"duplicate {what} id {key!r}", lineno)
-            seen.add(key)
-            n += 1
-            yield key, cols[1]
-    if n == 0:
-        raise DataFormatError(path, f"file is empty: expected {what} lines")
+    for lineno, cols in _rows(path, 2, f"{what} id, text", ids=1):
+        key = cols[0].strip()
+        if key in seen:
+            raise DataFormatError(path, f"duplicate {what} id {key!r}", lineno)
+        seen.add(key)
+        yield key, cols[1]
 
 
 def load_collection(path: str | Path) -> Corpus:
@@ -47,8 +34,9 @@ def load_qrels_trec(path: str | Path) -> Qrels:
     return load_qrels(path)
 
 
-def _rows(path: str | Path, ncols: int, names: str) -> Iterator[tuple[int, list[str]]]:
-    """Stream ``(line number, columns)`` of a TSV with exactly ``ncols`` columns (file:line errors)."""
+def _rows(path: str | Path, ncols: int, names: str, ids: int = 2) -> Iterator[tuple[int, list[str]]]:
+    """Stream ``(line number, columns)`` of a TSV with exactly ``ncols`` columns, the first ``ids`` of
+    them non-empty ids (file:line errors); an empty file is an error."""
     n = 0
     with open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
@@ -59,7 +47,7 @@ def _rows(path: str | Path, ncols: int, names: str) -> Iterator[tuple[int, list[
             if len(cols) != ncols:
                 raise DataFormatError(path, f"expected {ncols} tab-separated columns ({names}), found {len(cols)}",
                                       lineno)
-            if not all(c.strip() for c in cols[:2]):
+            if not all(c.strip() for c in cols[:ids]):
                 raise DataFormatError(path, "empty id", lineno)
             n += 1
             yield lineno, cols
