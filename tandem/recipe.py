@@ -311,9 +311,13 @@ class _Runner:
         tq = self.test_ds.split_queries()
         st.run("bm25", {"data": data_key}, lambda d: write_run(
             d / "run.trec", BM25(self.train_ds.corpus, progress=self.progress).search(tq, 1000)))
+        from tandem.data.beir import corpus_file
+
+        # the indexes record their corpus file, so `tandem serve INDEX --reranker ...` finds the texts
+        self.corpus_file = str(corpus_file(Path(data_key)))
         st.run("zs-index", {"data": data_key, "model": cfg.model, "max_length": cfg.max_length}, lambda d: build_index(
             self.train_ds.corpus, d / "index", Encoder.from_pretrained(self.model, max_length=cfg.max_length),
-            progress=self.progress), after=())
+            progress=self.progress, corpus_file=self.corpus_file), after=())
 
         def zero_shot(d: Path) -> None:
             index, enc = load_index_and_encoder(out / "zs-index" / "index")
@@ -392,7 +396,8 @@ class _Runner:
         from tandem.models.retriever import Retriever
 
         r = Retriever.from_pretrained(retriever_dir)
-        build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress)
+        build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress,
+                    corpus_file=self.corpus_file)
         index, enc = load_index_and_encoder(d / "index")
         write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=self.progress))
 

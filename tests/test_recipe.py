@@ -30,6 +30,12 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
               "joint/reranker/README.md"):
         assert (out / f).exists(), f
     assert "| joint-retriever+reranker |" in (out / "report.md").read_text()
+    # the joint index records its corpus: the search pipeline (and tandem serve) finds the texts by itself
+    from tandem.pipeline import Pipeline
+
+    pipe = Pipeline.load(out / "joint-index" / "index", reranker=str(out / "joint" / "reranker"), hybrid=True)
+    hits = pipe.search("protein cell gene", k=3, candidates=5)
+    assert len(hits) == 3 and hits[0].text and hits[0].rerank_score is not None
     # hybrid lists: the joint stage trained on the denoised lists, with both pools and a mining report
     assert "Hybrid lists" in (out / "report.md").read_text() and (out / "denoise" / "lists.report.md").exists()
     sources = {e["source"] for l in (out / "denoise" / "lists.jsonl").read_text().splitlines()
