@@ -240,6 +240,7 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     """Retrieve top-k passages for a dataset's queries (TREC run) or for one query string."""
     from tandem.data import write_run
     from tandem.index.dense import dense_search, load_index_and_encoder
+    from tandem.index.fusion import HYBRID_DEPTH
 
     if query is None and data is None and queries_file is None:
         raise TandemError("give --data DIR (searches the split's queries), --queries FILE or --query TEXT")
@@ -249,15 +250,14 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     idx, encoder = load_index_and_encoder(index_dir, model)
     encoder.set_backend(backend.value)
     if query is not None:
-        from tandem.data import ranked, resolve_dataset
-        from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
+        from tandem.data import ranked
 
-        run = dense_search(idx, encoder, {"q": query}, max(k, 100) if hybrid else k)
+        corpus = _index_corpus(idx, data) if hybrid or data is not None else None
+        run = dense_search(idx, encoder, {"q": query}, max(k, HYBRID_DEPTH) if hybrid else k)
         if hybrid:
-            run = _fuse_with_bm25(run, {"q": query}, idx, data, k)
-        corpus = load_any_corpus(beir_corpus_file(resolve_dataset(data))) if data is not None else None
+            run = _fuse_with_bm25(run, {"q": query}, corpus, k)
         for rank, (pid, score) in enumerate(ranked(run["q"]), start=1):
-            snippet = f"  {corpus.text(pid)[:100]}" if corpus is not None else ""
+            snippet = f"  {corpus.text(pid)[:100]}" if data is not None else ""
             typer.echo(f"{rank:>3}  {score:8.4f}  {pid}{snippet}")
         if out:
             write_run(out, run, tag="tandem-dense")
@@ -278,26 +278,33 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     if out is None:
         raise TandemError("--out RUN.trec is required with --data or --queries")
     t1 = time.perf_counter()
-    run = dense_search(idx, encoder, queries, max(k, 100) if hybrid else k, batch_size=batch_size, progress=progress)
+    run = dense_search(idx, encoder, queries, max(k, HYBRID_DEPTH) if hybrid else k, batch_size=batch_size,
+                       progress=progress)
     if hybrid:
-        run = _fuse_with_bm25(run, queries, idx, data, k)
+        run = _fuse_with_bm25(run, queries, _index_corpus(idx, data), k)
     dt = time.perf_counter() - t1
     write_run(out, run, tag="tandem-hybrid" if hybrid else "tandem-dense")
     _echo_err(f"search: {len(run)} queries -> {out} ({dt:.1f}s search, {len(run) / dt:.1f} queries/s; "
               f"{time.perf_counter() - t0:.1f}s total)")
 
 
-def _fuse_with_bm25(run: dict, queries: dict, idx, data: Optional[str], k: int) -> dict:
-    """The dense ``run`` fused with BM25 over the index's corpus (``--data``, else the one it recorded)."""
+def _index_corpus(idx, data: Optional[str]):
+    """The passages of an index: ``--data``'s corpus, else the corpus file the index recorded."""
     from tandem.data import resolve_dataset
     from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
-    from tandem.index.bm25 import BM25
-    from tandem.index.fusion import fuse_runs
 
     path = beir_corpus_file(resolve_dataset(data)) if data is not None else idx.info.get("corpus_file")
     if not path or not Path(path).exists():
         raise TandemError("--hybrid needs the passage texts for BM25: pass --data (the indexed dataset)")
-    lexical = BM25(load_any_corpus(path)).search(queries, max(k, 100))
+    return load_any_corpus(path)
+
+
+def _fuse_with_bm25(run: dict, queries: dict, corpus, k: int) -> dict:
+    """The dense ``run`` fused with BM25 over ``corpus`` by reciprocal rank fusion, top ``k`` kept."""
+    from tandem.index.bm25 import BM25
+    from tandem.index.fusion import HYBRID_DEPTH, fuse_runs
+
+    lexical = BM25(corpus).search(queries, max(k, HYBRID_DEPTH))
     return fuse_runs([run, lexical], top=k)
 
 
@@ -554,8 +561,8 @@ def _print_report(report: dict, out: Path) -> None:
     from tandem.eval.metrics import format_table
 
     typer.echo(format_table(report["systems"], ["nDCG@10", "RR@10", "R@100", "seconds"]))
-    head = report["systems"].get("joint-retriever+reranker") or next(iter(report["systems"].values()))
     systems = report["systems"]
+    head = systems.get("joint-retriever+reranker") or next(iter(systems.values()))
     best = max(systems, key=lambda n: systems[n]["nDCG@10"])
     _echo_err(f"done in {report['wall_seconds']:.0f}s (pipeline {report['total_seconds']:.0f}s). Headline: joint retriever + re-ranker nDCG@10 "
               f"{head['nDCG@10']:.4f} (BM25 {systems['bm25']['nDCG@10']:.4f}, zero-shot "

@@ -25,11 +25,9 @@ import numpy as np
 from tandem.data.trec import ranked
 from tandem.data.types import Corpus
 from tandem.errors import IncompatibleArtifactError, TandemError
-from tandem.index.fusion import rrf_scores
+from tandem.index.fusion import HYBRID_DEPTH, rrf_scores
 
 log = logging.getLogger(__name__)
-
-HYBRID_DEPTH = 100  # hybrid search fuses at least each stage's top-100
 
 
 @dataclass
@@ -150,8 +148,8 @@ class Pipeline:
         with self._lock:
             qv = self.encoder.encode([r.query for r in requests], batch_size=64)
             scores, positions = self.index.search_vectors(qv, depth)
-            lexical = (self.bm25.search({str(i): r.query for i, r in enumerate(requests)}, k=depth)
-                       if self.bm25 is not None else None)
+            lexical = None if self.bm25 is None else \
+                self.bm25.search({str(i): r.query for i, r in enumerate(requests)}, k=depth)
             firsts = []
             for i, (r, row_s, row_p) in enumerate(zip(requests, scores, positions)):
                 n = max(r.k, r.candidates) if (r.rerank and self.reranker is not None) else r.k

@@ -366,6 +366,7 @@ class _Runner:
 
         if cfg.hybrid:
             st.run("hybrid", {}, hybrid, after=("bm25", "joint-index"))
+        both = cfg.hybrid and cfg.hybrid_rerank  # the hybrid top-k is re-ranked too
 
         def rerank_stage(d: Path) -> None:
             from tandem.data import read_run
@@ -374,14 +375,13 @@ class _Runner:
 
             ce = Reranker.from_pretrained(out / "joint" / "reranker")
             cache: dict = {}  # (qid, pid) -> score: the dense and hybrid top-k overlap
-            both = cfg.hybrid and cfg.hybrid_rerank
             for first, name in [("joint-index", "run.trec")] + ([("hybrid", "hybrid.trec")] if both else []):
                 write_run(d / name, rerank(read_run(out / first / "run.trec"), self.test_ds.queries,
                                            self.test_ds.corpus, ce, cfg.rerank_k, progress=self.progress,
                                            cache=cache))
 
-        st.run("rerank", {"k": cfg.rerank_k, "hybrid": cfg.hybrid and cfg.hybrid_rerank}, rerank_stage,
-               after=("joint-index", "hybrid") if cfg.hybrid and cfg.hybrid_rerank else ("joint-index",))
+        st.run("rerank", {"k": cfg.rerank_k, "hybrid": both}, rerank_stage,
+               after=("joint-index", "hybrid") if both else ("joint-index",))
         if cfg.retriever_only_steps:
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)

@@ -48,7 +48,7 @@ def _rows(path: str | Path, ncols: int, names: str, ids: int = 2) -> Iterator[tu
                 raise DataFormatError(path, f"expected {ncols} tab-separated columns ({names}), found {len(cols)}",
                                       lineno)
             if not all(c.strip() for c in cols[:ids]):
-                raise DataFormatError(path, "empty id", lineno)
+                raise DataFormatError(path, f"empty id ({names})", lineno)
             n += 1
             yield lineno, cols
     if n == 0:

@@ -92,7 +92,7 @@ def encode_in_shards(corpus: Corpus, work: Path, encoder: Encoder, shard_size: i
     """All passage vectors (N, D) as a read-only memory map, encoded shard by shard (resumable).
 
     With ``world_size`` > 1 (torchrun), process ``rank`` encodes shards ``rank, rank + world_size,
-    ...``; after a barrier rank 0 gathers them all and the others get ``None``.
+    ...``; rank 0 waits until every shard file exists and gathers them, the others get ``None``.
     """
     shard_size = max(1, shard_size)
     key = {"model_fingerprint": info.get("model_fingerprint"), "max_length": info.get("max_length"),

@@ -15,6 +15,7 @@ from tandem.data.trec import ranked
 from tandem.errors import TandemError
 
 RRF_K = 60  # the constant of Cormack et al. (2009)
+HYBRID_DEPTH = 100  # hybrid search fuses at least each stage's top-100 (RRF needs the ranks below k)
 
 
 def rrf_scores(rankings: Sequence[Mapping[str, float]], k: int = RRF_K, weights: Sequence[float] | None = None,
@@ -57,4 +58,4 @@ def fuse_runs(runs: Sequence[Mapping[str, Mapping[str, float]]], k: int = RRF_K,
     return out
 
 
-__all__ = ["RRF_K", "rrf_scores", "fuse_runs"]
+__all__ = ["HYBRID_DEPTH", "RRF_K", "rrf_scores", "fuse_runs"]
