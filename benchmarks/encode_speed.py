@@ -37,12 +37,13 @@ def main() -> None:
     from tandem.data import load_corpus
     from tandem.models.encoder import Encoder
     from tandem.models.hf import default_model_path
+    from tandem.utils import device_name, inference_device
 
     texts = load_corpus(os.path.join(args.data, "corpus.jsonl"))[: args.n]
     backends = args.backends.split(",")
     systems = {f"tandem-{b}" if b != "torch" else "tandem": Encoder.from_pretrained(None, max_length=args.max_length,
                                                                                      backend=b) for b in backends}
-    st = SentenceTransformer(str(default_model_path()), device="cpu")
+    st = SentenceTransformer(str(default_model_path()), device=inference_device())  # tandem's device
     st.max_seq_length = args.max_length
     names = [*systems, "sentence-transformers"]
 
@@ -74,7 +75,7 @@ def main() -> None:
         "seconds": best, "passages_per_s": {k: len(texts) / v for k, v in best.items()},
         "speedup_vs_st": {k: best["sentence-transformers"] / best[k] for k in systems},
         "min_cosine_vs_st": {k: min_cos(vecs[k]) for k in systems},
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "device": device_name(),
         "malloc_tuned": bool(os.environ.get("MALLOC_MMAP_THRESHOLD_")),
     }
     if "tandem" in systems:  # kept for earlier readers of this JSON

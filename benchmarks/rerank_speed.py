@@ -35,6 +35,7 @@ def main() -> None:
     from tandem.data import load_beir
     from tandem.index.bm25 import bm25_search
     from tandem.models.reranker import Reranker
+    from tandem.utils import device_name, inference_device
 
     ds = load_beir(args.data, "test")
     run = bm25_search(ds.corpus, ds.split_queries(), k=20)
@@ -43,7 +44,7 @@ def main() -> None:
         Reranker.from_pretrained(None, max_length=args.max_length).save(d)
         systems = {("tandem" if b == "torch" else f"tandem-{b}"): Reranker.from_pretrained(d).set_backend(b)
                    for b in args.backends.split(",")}
-        st = CrossEncoder(d, max_length=args.max_length, device="cpu")
+        st = CrossEncoder(d, max_length=args.max_length, device=inference_device())  # tandem's device
         names = [*systems, "sentence-transformers"]
 
         def score(name, items):
@@ -71,7 +72,7 @@ def main() -> None:
         "seconds": best, "pairs_per_s": {n: len(pairs) / t for n, t in best.items()},
         "speedup_vs_st": {n: best["sentence-transformers"] / best[n] for n in systems},
         "max_abs_diff_vs_torch": {n: float(np.abs(scores[n] - ref).max()) for n in names},
-        "score_std": float(np.std(ref)),
+        "score_std": float(np.std(ref)), "device": device_name(),
     }, indent=2))
 
 

@@ -21,6 +21,14 @@ def inference_device() -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
+def device_name(device: str | None = None) -> str:
+    """The accelerator's name (e.g. 'NVIDIA H200') for ``device`` (default: :func:`inference_device`), or 'cpu'."""
+    import torch
+
+    device = device or inference_device()
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+
+
 def progress_enabled(requested: bool) -> bool:
     """Bars show when asked for, unless ``TANDEM_NO_PROGRESS`` is set."""
     return requested and not os.environ.get("TANDEM_NO_PROGRESS")
