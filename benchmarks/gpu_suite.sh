@@ -32,8 +32,9 @@ python3 benchmarks/rerank_speed.py --pairs ${RERANK_PAIRS:-2000} --max-length 32
 step "recipe full-gpu (limit ${budget}s)"
 timeout "$budget" python3 -m tandem recipe tandem/configs/full-gpu.yaml --out "$recipe_dir" --no-progress \
     >"$out/recipe.log" 2>&1; echo "recipe rc=$?" | tee -a "$log"
-# Everything but model weights, indexes and checkpoints: reports, manifests, metrics logs, configs.
+# Everything but model weights, indexes and checkpoints: reports, manifests, metrics logs, configs, runs
+# (test runs are ~12 MB each before compression).
 (cd "$recipe_dir" 2>/dev/null && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' \
-    -o -name '*.yaml' -o -name '*.trec' -o -name '*.txt' \) -size -8M -not -path '*/checkpoints/*' -not -name 'ids.txt' \
+    -o -name '*.yaml' -o -name '*.trec' -o -name '*.txt' \) -size -64M -not -path '*/checkpoints/*' -not -name 'ids.txt' \
     -print0 | tar czf "$out/recipe.tgz" --null -T -)
 step done
