@@ -197,7 +197,7 @@ def index(data: str = DataOpt,
 
     Under ``torchrun --nproc_per_node N`` the shards are spread over N processes (one GPU each)."""
     from tandem.data import resolve_dataset
-    from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
+    from tandem.data.beir import corpus_file as beir_corpus_file
     from tandem.index.dense import build_index
     from tandem.io import sha256_file
     from tandem.models.encoder import Encoder
@@ -205,10 +205,10 @@ def index(data: str = DataOpt,
     t0 = time.perf_counter()
     directory = resolve_dataset(data)
     corpus_file = beir_corpus_file(directory)
-    corpus = load_any_corpus(corpus_file)
     encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
                                       normalize=normalize, backend=backend.value)
-    idx = build_index(corpus, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
+    # the passages are streamed from the file, a shard at a time: memory does not grow with the corpus
+    idx = build_index(corpus_file, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
                       index_type=index_type.value,
                       batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
                       progress=progress, shard_size=shard_size, distributed=True)

@@ -194,3 +194,58 @@ def test_index_shards_spread_over_torchrun_processes(tiny_dataset, tiny_model_di
     assert a.ids == b.ids and not (tmp_path / "two.encoding").exists()
     np.testing.assert_allclose(load_embeddings(tmp_path / "two" / "embeddings.npy"),
                                load_embeddings(tmp_path / "one" / "embeddings.npy"), rtol=1e-5, atol=1e-5)
+
+
+def test_index_streamed_from_the_corpus_file_equals_the_loaded_corpus(tiny_dataset, tiny_encoder, tmp_path):
+    ds = load_beir(tiny_dataset, "test")
+    loaded = build_index(ds.corpus, tmp_path / "loaded", tiny_encoder, shard_size=7)
+    streamed = build_index(tiny_dataset / "corpus.jsonl", tmp_path / "streamed", tiny_encoder, shard_size=7)
+    assert streamed.ids == loaded.ids == ds.corpus.ids
+    np.testing.assert_allclose(load_embeddings(tmp_path / "streamed" / "embeddings.npy"),
+                               load_embeddings(tmp_path / "loaded" / "embeddings.npy"), rtol=1e-5, atol=1e-6)
+    info = json.loads((tmp_path / "streamed" / "manifest.json").read_text())
+    assert info["passages"] == len(ds.corpus) and len(info["corpus_hash"]) == 64  # hashed from the file
+    assert info["corpus_file"] == str((tiny_dataset / "corpus.jsonl").resolve())
+    q = tiny_encoder.encode(list(ds.split_queries().values()))
+    np.testing.assert_array_equal(streamed.search_vectors(q, 5)[1], loaded.search_vectors(q, 5)[1])
+
+
+def test_ivfpq_built_from_shards_trains_on_a_sample_and_finds_neighbours(tmp_path):
+    from tandem.index.faiss_index import train_size
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 16
+    centers = rng.normal(size=(30, d)).astype(np.float32)
+    docs = centers[rng.integers(0, 30, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+
+    class Fixed:  # an "encoder" whose vectors are the rows above, in corpus order
+        dim, name = d, "fixed"
+
+        def encode(self, texts, **kw):
+            return docs[[int(t.split()[-1]) for t in texts]]
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"p{i}", "title": "", "text": f"passage {i}"}) + "\n"
+                              for i in range(n)))
+    import tandem.index.dense as dense
+
+    real = dense.encoder_info, dense.train_size
+    dense.train_size = lambda n, nlist: 1000  # a sample, as at scale
+    dense.encoder_info = lambda e: {"model": "fixed", "model_fingerprint": "f", "pooling": "cls", "normalize": False,
+                                    "max_length": 8, "prefix": "", "dim": d}
+    try:
+        idx = build_index(corpus, tmp_path / "pq", Fixed(), index_type="ivfpq", shard_size=1000, nlist=16, pq_m=8,
+                          embeddings_dtype=None)
+    finally:
+        dense.encoder_info, dense.train_size = real
+    assert train_size(n, 16) == n and train_size(10**6, 4000) == 256_000  # grows with nlist (sqrt n), not n
+    assert idx.index.ntotal == n and idx.ids[:3] == ["p0", "p1", "p2"]
+    exact = DenseIndex.build(docs, idx.ids, {}, kind="flat")
+    _, want = exact.search_vectors(docs[:200], 10)
+    whole = DenseIndex.build(docs, idx.ids, {}, kind="ivfpq", nlist=16, pq_m=8)  # trained on every vector
+
+    def recall(index):
+        _, got = index.search_vectors(docs[:200], 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want, got)])
+
+    assert recall(idx) > 0.6 and abs(recall(idx) - recall(whole)) < 0.08, (recall(idx), recall(whole))

@@ -156,19 +156,22 @@ def corpus_file(directory: str | Path) -> Path:
 
 def load_any_corpus(path: str | Path) -> Corpus:
     """Passages from BEIR corpus.jsonl, MS MARCO collection.tsv or DPR psgs_w100.tsv (by name and header)."""
-    from tandem.data.msmarco import load_collection
-    from tandem.io import open_text
+    return Corpus.from_records(iter_any_corpus(path))
+
+
+def iter_any_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
+    """Stream ``(pid, title, text)`` from any passages file :func:`load_any_corpus` reads, in file order."""
+    from tandem.data.dpr import iter_psgs_tsv
+    from tandem.data.msmarco import iter_tsv_pairs
 
     path = Path(path)
     if path.name.removesuffix(".gz").endswith(".jsonl"):
-        return load_corpus(path)
+        return iter_corpus(path)
     with open_text(path) as f:
         first = f.readline()
     if first.startswith("id\ttext\ttitle"):
-        from tandem.data.dpr import load_psgs
-
-        return load_psgs(path)
-    return load_collection(path)
+        return iter_psgs_tsv(path)
+    return ((pid, "", text) for pid, text in iter_tsv_pairs(path, "passage"))
 
 
 def is_msmarco_layout(directory: str | Path) -> bool:

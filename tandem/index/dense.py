@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
-from tandem.data.types import Corpus, Run
+from tandem.data.types import Corpus, Run, join_title
 from tandem.errors import IncompatibleArtifactError, TandemError
-from tandem.index.faiss_index import DenseIndex
-from tandem.io import atomic_open, atomic_path, read_json, write_json
+from tandem.index.faiss_index import DenseIndex, default_nlist, new_faiss, train_size
+from tandem.io import atomic_open, atomic_path, read_json, sha256_file, write_json
 from tandem.models.encoder import Encoder
 from tandem.models.hf import model_fingerprint, resolve_model
 
@@ -44,37 +45,84 @@ def load_embeddings(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def build_index(corpus: Corpus, out: str | os.PathLike, encoder: Encoder | None = None, *,
+def build_index(corpus: Corpus | str | os.PathLike, out: str | os.PathLike, encoder: Encoder | None = None, *,
                 corpus_hash: str = "", corpus_file: str = "", index_type: str = "flat", batch_size: int = 32,
                 embeddings_dtype: str | None = "float32", progress: bool = False, shard_size: int = 50_000,
-                distributed: bool = False, **index_options) -> DenseIndex | None:
+                distributed: bool = False, seed: int = 0, **index_options) -> DenseIndex | None:
     """Encode every passage and save a :class:`DenseIndex` (and the embeddings) under ``out``.
 
+    ``corpus`` is a loaded :class:`Corpus` or the path of a passages file (BEIR corpus.jsonl, MS MARCO
+    collection.tsv, DPR psgs_w100.tsv), which is then streamed: only one shard of texts is in memory.
     The corpus is encoded in shards of ``shard_size`` passages, each saved as it completes in
     ``OUT.encoding/``: a killed build, run again with the same settings, encodes only the shards
-    still missing. Encoding memory is bounded by the shard size; the vectors are gathered on disk.
+    still missing. The index is then filled shard by shard from those files (IVF-PQ first trains on
+    a seeded sample of :func:`train_size` vectors), so peak memory is one shard plus the index itself
+    (plus the passage ids): nothing else grows with the corpus.
 
     With ``distributed`` (every process of a torchrun launch calls this), the shards are dealt out
-    round-robin to the processes (one per GPU), and rank 0 merges them into the one index it saves
-    and returns; the other ranks return ``None``. The processes meet through the shard files, not
+    round-robin to the processes (one per GPU), and rank 0 builds the one index it saves and
+    returns; the other ranks return ``None``. The processes meet through the shard files, not
     collectives, so a long encoding cannot hit a process-group timeout.
     """
     rank, size = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))) if distributed else (0, 1)
     encoder = encoder or Encoder.from_pretrained(None)
-    info = {**encoder_info(encoder), "corpus_hash": corpus_hash, "passages": len(corpus)}
+    if not isinstance(corpus, Corpus):
+        corpus_file = corpus_file or str(corpus)
+        corpus_hash = corpus_hash or sha256_file(corpus)
+    info = {**encoder_info(encoder), "corpus_hash": corpus_hash}
     if corpus_file:
         info["corpus_file"] = str(Path(corpus_file).resolve())
     work = Path(out).parent / (Path(out).name + ".encoding")
-    vectors = encode_in_shards(corpus, work, encoder, shard_size, batch_size, progress, info, rank, size)
-    if vectors is None:
+    shards = encode_in_shards(corpus, work, encoder, shard_size, batch_size, progress, info, rank, size)
+    if shards is None:
         return None
-    index = DenseIndex.build(vectors, corpus.ids, info, kind=index_type, **index_options)
-    index.save(out)
+    paths, ids = shards
+    info["passages"] = len(ids)
+    options = dict(index_options)
+    if index_type == "ivfpq":
+        options["nlist"] = options.get("nlist") or default_nlist(len(ids))
+    index = new_faiss(encoder.dim, len(ids), index_type, **options)
+    if not index.is_trained:
+        index.train(_sample_rows(paths, train_size(len(ids), options["nlist"]), seed))
+    for p in paths:
+        index.add(np.ascontiguousarray(np.load(p, mmap_mode="r"), dtype=np.float32))
+    dense = DenseIndex(index, ids, {**info, "index_type": index_type, "index_options": index_options,
+                                    "dim": int(encoder.dim), "size": len(ids)})
+    dense.save(out)
     if embeddings_dtype:
-        save_embeddings(Path(out) / "embeddings.npy", vectors, embeddings_dtype)
-    del vectors
+        save_embeddings_from_shards(Path(out) / "embeddings.npy", paths, embeddings_dtype)
     shutil.rmtree(work, ignore_errors=True)
-    return index
+    return dense
+
+
+def _sample_rows(paths: list[Path], k: int, seed: int) -> np.ndarray:
+    """``k`` rows drawn without replacement (seeded) from the vectors of the shard files, in order."""
+    sizes = [len(np.load(p, mmap_mode="r")) for p in paths]
+    picks = np.sort(np.random.default_rng(seed).choice(sum(sizes), size=k, replace=False))
+    out = np.empty((k, np.load(paths[0], mmap_mode="r").shape[1]), dtype=np.float32)
+    start, filled = 0, 0
+    for p, n in zip(paths, sizes):
+        mine = picks[(picks >= start) & (picks < start + n)] - start
+        out[filled : filled + len(mine)] = np.load(p, mmap_mode="r")[mine]
+        filled += len(mine)
+        start += n
+    return out
+
+
+def save_embeddings_from_shards(path: str | os.PathLike, paths: list[Path], dtype: str = "float32") -> None:
+    """Write the shards' vectors, in order, as one ``.npy`` (float32 or float16), atomically, a shard at a time."""
+    if dtype not in ("float32", "float16"):
+        raise TandemError(f"embedding dtype must be float32 or float16, got {dtype!r}")
+    shapes = [np.load(p, mmap_mode="r").shape for p in paths]
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                        shape=(sum(s[0] for s in shapes), shapes[0][1] if shapes else 0))
+        start = 0
+        for p, (n, _) in zip(paths, shapes):
+            out[start : start + n] = np.load(p, mmap_mode="r")
+            start += n
+        out.flush()
+        del out
 
 
 def _wait_for(ready, what: str, poll_s: float = 0.5) -> None:
@@ -87,18 +135,32 @@ def _wait_for(ready, what: str, poll_s: float = 0.5) -> None:
             log.info("index: waiting for %s (%.0f s)", what, last - t0)
 
 
-def encode_in_shards(corpus: Corpus, work: Path, encoder: Encoder, shard_size: int, batch_size: int,
-                     progress: bool, info: dict, rank: int = 0, world_size: int = 1) -> np.ndarray | None:
-    """All passage vectors (N, D) as a read-only memory map, encoded shard by shard (resumable).
+def _passages(corpus: Corpus | str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """``(pid, text)`` in corpus order, from a loaded corpus or streamed from its file."""
+    if isinstance(corpus, Corpus):
+        return ((corpus.ids[i], corpus[i]) for i in range(len(corpus)))
+    from tandem.data.beir import iter_any_corpus
 
-    With ``world_size`` > 1 (torchrun), process ``rank`` encodes shards ``rank, rank + world_size,
-    ...``; rank 0 waits until every shard file exists and gathers them, the others get ``None``.
+    return ((pid, join_title(title, text)) for pid, title, text in iter_any_corpus(corpus))
+
+
+def encode_in_shards(corpus: Corpus | str | os.PathLike, work: Path, encoder: Encoder, shard_size: int,
+                     batch_size: int, progress: bool, info: dict, rank: int = 0,
+                     world_size: int = 1) -> tuple[list[Path], list[str]] | None:
+    """Encode the passages shard by shard into ``work/shard-NNNNN.npy`` (resumable); return the shard
+    files and the passage ids, in corpus order.
+
+    The passages are read once, in order, and only the current shard's texts are held. With
+    ``world_size`` > 1 (torchrun), process ``rank`` encodes shards ``rank, rank + world_size, ...``;
+    rank 0 waits until every shard file exists and gets the result, the others get ``None``.
     """
     shard_size = max(1, shard_size)
     key = {"model_fingerprint": info.get("model_fingerprint"), "max_length": info.get("max_length"),
            "pooling": info.get("pooling"), "normalize": info.get("normalize"), "prefix": info.get("prefix"),
-           "passages": len(corpus), "corpus_hash": info.get("corpus_hash"), "shard_size": shard_size,
-           "first": corpus.ids[0] if len(corpus) else None, "last": corpus.ids[-1] if len(corpus) else None}
+           "corpus_hash": info.get("corpus_hash"), "shard_size": shard_size}
+    if isinstance(corpus, Corpus):  # no file hash to go by: the size and the ends of the corpus
+        key.update(passages=len(corpus), first=corpus.ids[0] if len(corpus) else None,
+                   last=corpus.ids[-1] if len(corpus) else None)
     if rank == 0:
         if work.exists() and (not (work / "key.json").exists() or read_json(work / "key.json") != key):
             shutil.rmtree(work)  # another model, corpus or shard size: start over
@@ -112,34 +174,37 @@ def encode_in_shards(corpus: Corpus, work: Path, encoder: Encoder, shard_size: i
                 return False
 
         _wait_for(ready, "rank 0's work directory")
-    starts = list(range(0, len(corpus), shard_size))
-    done = sum((work / f"shard-{i:05d}.npy").exists() for i in range(len(starts)))
+    done = len(list(work.glob("shard-*.npy")))
     if done and rank == 0:
-        log.info("index: resuming, %d of %d shards already encoded", done, len(starts))
-    for i, start in enumerate(starts):
+        log.info("index: resuming, %d shards already encoded", done)
+    ids: list[str] = []
+    paths: list[Path] = []
+    total = len(corpus) if isinstance(corpus, Corpus) else None
+    stream = _passages(corpus)
+    while True:
+        shard = list(itertools.islice(stream, shard_size))
+        if not shard:
+            break
+        i = len(paths)
         path = work / f"shard-{i:05d}.npy"
+        paths.append(path)
+        ids.extend(pid for pid, _ in shard)
         if i % world_size != rank or path.exists():
             continue
-        texts = [corpus[j] for j in range(start, min(start + shard_size, len(corpus)))]
-        desc = "encoding corpus" + (f" (shard {i + 1}/{len(starts)})" if len(starts) > 1 else "")
-        vecs = encoder.encode(texts, batch_size=batch_size, progress=progress, desc=desc)
+        n_shards = f"/{-(-total // shard_size)}" if total is not None else ""
+        desc = "encoding corpus" + (f" (shard {i + 1}{n_shards})" if total is None or total > shard_size else "")
+        vecs = encoder.encode([text for _, text in shard], batch_size=batch_size, progress=progress, desc=desc)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, np.asarray(vecs, dtype=np.float32))
+        del vecs
+    if not ids:
+        raise TandemError("the corpus has no passages to index")
     if rank != 0:
         return None
     if world_size > 1:
-        _wait_for(lambda: all((work / f"shard-{i:05d}.npy").exists() for i in range(len(starts))),
-                  "the other processes' shards")
-    dim = encoder.dim
-    all_path = work / "all.npy"
-    out = np.lib.format.open_memmap(all_path, mode="w+", dtype=np.float32, shape=(len(corpus), dim))
-    for i, start in enumerate(starts):
-        shard = np.load(work / f"shard-{i:05d}.npy", mmap_mode="r")
-        out[start : start + len(shard)] = shard
-    out.flush()
-    del out
-    return np.load(all_path, mmap_mode="r")
+        _wait_for(lambda: all(p.exists() for p in paths), "the other processes' shards")
+    return paths, ids
 
 
 def load_index_and_encoder(index_dir: str | os.PathLike, model: str | None = None) -> tuple[DenseIndex, Encoder]:

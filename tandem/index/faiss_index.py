@@ -24,34 +24,51 @@ log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
 
-def build_faiss(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,
-                ef_search: int = 128, nlist: int | None = None, pq_m: int | None = None, nprobe: int = 16):
-    """A FAISS inner-product index over ``vectors`` (N, D) float32."""
+def build_faiss(vectors: np.ndarray, kind: str = "flat", **options):
+    """A FAISS inner-product index over ``vectors`` (N, D) float32 (options as :func:`new_faiss`)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = new_faiss(vectors.shape[1], len(vectors), kind, **options)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def new_faiss(dim: int, n: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,
+              ef_search: int = 128, nlist: int | None = None, pq_m: int | None = None, nprobe: int = 16):
+    """An empty FAISS inner-product index for ``n`` vectors of ``dim``; IVF-PQ still needs ``train``
+    (on at least :func:`train_size` of them) before vectors are added."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
     if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
-    elif kind == "ivfpq":
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+        return index
+    if kind == "ivfpq":
+        if n < 256:
+            raise TandemError(f"IVF-PQ needs at least 256 vectors to train its codebooks; got {n}. Use --index-type flat")
+        nlist = nlist or default_nlist(n)
         pq_m = pq_m or _pq_subquantizers(dim)
         if dim % pq_m:
             raise TandemError(f"IVF-PQ needs pq_m to divide the dimension {dim}; got pq_m={pq_m}")
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-        if n < 256:
-            raise TandemError(f"IVF-PQ needs at least 256 vectors to train its codebooks; got {n}. Use --index-type flat")
-        index.train(vectors)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(nprobe, nlist)
-    else:
-        raise TandemError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
-    index.add(vectors)
-    return index
+        return index
+    raise TandemError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists for ``n`` vectors: 4 sqrt(n), with at least 39 training points per list."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def train_size(n: int, nlist: int) -> int:
+    """Vectors an IVF-PQ index trains on: 64 per list (FAISS wants >= 39), at least 10,000 (the
+    256-centroid PQ codebooks), at most all of them. Grows with sqrt(n), not n."""
+    return min(n, max(64 * nlist, 10_000))
 
 
 def _pq_subquantizers(dim: int) -> int:
