@@ -311,6 +311,7 @@ class _Runner:
         tq = self.test_ds.split_queries()
         st.run("bm25", {"data": data_key}, lambda d: write_run(
             d / "run.trec", BM25(self.train_ds.corpus, progress=self.progress).search(tq, 1000)))
+        self._headline("bm25", "bm25/run.trec")
         from tandem.data.beir import corpus_file
 
         # the indexes record their corpus file, so `tandem serve INDEX --reranker ...` finds the texts
@@ -324,6 +325,7 @@ class _Runner:
             write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
 
         st.run("zero-shot", {}, zero_shot, after=("zs-index",))
+        self._headline("zero-shot", "zero-shot/run.trec")
 
         def lists(d: Path, reranker: str | None = None) -> None:
             from tandem.mine import MineSettings, mine
@@ -356,6 +358,7 @@ class _Runner:
 
         st.run("joint-index", {}, lambda d: self._index_and_search(out / "joint" / "retriever", d, tq),
                after=("joint",))
+        self._headline("joint-retriever", "joint-index/run.trec")
 
         def hybrid(d: Path) -> None:
             from tandem.data import read_run
@@ -366,6 +369,7 @@ class _Runner:
 
         if cfg.hybrid:
             st.run("hybrid", {}, hybrid, after=("bm25", "joint-index"))
+            self._headline("hybrid", "hybrid/run.trec")
         both = cfg.hybrid and cfg.hybrid_rerank  # the hybrid top-k is re-ranked too
 
         def rerank_stage(d: Path) -> None:
@@ -382,12 +386,27 @@ class _Runner:
 
         st.run("rerank", {"k": cfg.rerank_k, "hybrid": both}, rerank_stage,
                after=("joint-index", "hybrid") if both else ("joint-index",))
+        self._headline("joint-retriever+reranker", "rerank/run.trec")
+        if both:
+            self._headline("hybrid+reranker", "rerank/hybrid.trec")
         if cfg.retriever_only_steps:
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
             st.run("retriever-only-index", {},
                    lambda d: self._index_and_search(out / "retriever-only" / "retriever", d, tq),
                    after=("retriever-only",))
+            self._headline("retriever-only", "retriever-only-index/run.trec")
+
+    def _headline(self, system: str, run_file: str) -> None:
+        """Log a finished system's test metrics at once, so a run cut short still says where it stands."""
+        path = self.out / run_file
+        if self.stages.rank != 0 or not path.exists():
+            return
+        from tandem.data import read_run
+        from tandem.eval.metrics import evaluate
+
+        m = evaluate(read_run(path), self.test_ds.qrels, REPORT_MEASURES)
+        log.info("%-24s %s on %s", system, "  ".join(f"{k} {v:.4f}" for k, v in m.items()), self.cfg.eval_split)
 
     def _index_and_search(self, retriever_dir: Path, d: Path, queries) -> None:
         """Index the corpus with a trained retriever's passage tower and write its test run."""

@@ -47,6 +47,10 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     with caplog.at_level("INFO", logger="tandem.recipe"):
         run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2), out, progress=False)
     assert "running" not in caplog.text and caplog.text.count("skipped") >= 8
+    # each system's test metrics are logged as soon as its stage is done (a run cut short still has them)
+    for name in ("bm25", "zero-shot", "joint-retriever", "hybrid", "joint-retriever+reranker", "retriever-only"):
+        line = next(l for l in caplog.text.splitlines() if f" {name} " in l and "nDCG@10" in l)
+        assert f"nDCG@10 {saved['systems'][name]['nDCG@10']:.4f}" in line, line
     # changing the joint steps re-runs joint and what depends on it, not the baselines
     caplog.clear()
     with caplog.at_level("INFO", logger="tandem.recipe"):
