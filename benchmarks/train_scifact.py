@@ -96,7 +96,8 @@ def main() -> None:
             secs = time.perf_counter() - t1
             out["rerank"][name] = {"first_stage": evaluate(first, test_ds.qrels, ["nDCG@10", "RR@10"]),
                                    "reranked": evaluate(rr, test_ds.qrels, ["nDCG@10", "RR@10"]),
-                                   "seconds": secs, "pairs_per_s": sum(map(len, rr.values())) / secs}
+                                   "seconds": secs,
+                                   "pairs_per_s": sum(min(args.rerank_k, len(v)) for v in first.values()) / secs}
     print(json.dumps(out, indent=2))
     (Path(args.out) / "result.json").write_text(json.dumps(out, indent=2))
 
