@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tandem.errors import TandemError
+from tandem.errors import ConfigError, TandemError
 from tandem.io import atomic_open, manifest, read_json, write_json
 from tandem.settings import setting as _f
 
@@ -52,6 +52,7 @@ class RecipeConfig:
     warmup_steps: int = _f(30, "re-ranker warm-up steps (reranker mode) before joint training")
     joint_steps: int = _f(20, "joint training steps")
     retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
+    peers: str = _f("", "result.json of benchmarks/peers_scifact.py: its systems join the report as peer rows")
     denoise: bool = _f(True, "denoise the lists with the warmed-up re-ranker (hybrid lists: undenoised + denoised "
                              "pools, pseudo-positives) before joint training")
     denoise_top: int = _f(10, "candidates per training query the re-ranker scores for denoising (0: all top_n)")
@@ -464,6 +465,7 @@ class _Runner:
             metrics = evaluate(read_run(self.out / run_file), self.test_ds.qrels, REPORT_MEASURES)
             systems[name] = {**metrics, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
                              "run": str(self.out / run_file)}
+        systems.update(peer_rows(self.cfg.peers))
         curves = {}
         for stage in ("retriever-warmup", "warmup", "joint", "retriever-only"):
             path = self.out / stage / "metrics.jsonl"
@@ -479,15 +481,36 @@ class _Runner:
                 "curves": curves}
 
 
+def peer_rows(path: str) -> dict[str, dict]:
+    """The systems of a peers benchmark result (``benchmarks/peers_scifact.py``) as report rows named
+    ``peer:NAME``, with their training seconds; none when no file is named."""
+    if not path:
+        return {}
+    if not Path(path).exists():
+        raise ConfigError(f"peers: {path} does not exist (write it with benchmarks/peers_scifact.py --out DIR)")
+    rows = {}
+    for name, vals in read_json(path).get("systems", {}).items():
+        rows[f"peer:{name}"] = {**{m: vals[m] for m in REPORT_MEASURES if m in vals},
+                                "seconds": vals.get("train_seconds", 0.0), "peer": True}
+    return rows
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [f"# tandem report: {Path(str(report['data'])).name} ({report['split']}, {report['queries']} queries)", "",
              "| system | " + " | ".join(REPORT_MEASURES) + " | seconds |",
              "|---" * (len(REPORT_MEASURES) + 2) + "|"]
     for name, vals in report["systems"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{vals[m]:.4f}" for m in REPORT_MEASURES)
+        lines.append(f"| {name} | " + " | ".join(_cell(vals.get(m)) for m in REPORT_MEASURES)
                      + f" | {vals['seconds']:.0f} |")
-    lines += ["", "`seconds`: wall time of the stages that system needs (cached stages count their first run).", "",
+    lines += ["", "`seconds`: wall time of the stages that system needs (cached stages count their first run)"
+              + ("; `peer:` rows: sentence-transformers trained by benchmarks/peers_scifact.py on the same machine "
+                 "and data, seconds of training." if any(v.get("peer") for v in report["systems"].values()) else "."),
+              "",
               "## Settings", "",
               f"Passages {cfg['max_length']} tokens, queries {cfg['query_max_length']}, re-ranker pairs "
               f"{cfg['reranker_max_length']}; lists of {cfg['list_size']} from the zero-shot top-{cfg['top_n']}, "

@@ -158,3 +158,26 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     assert "retriever-warmup" in report["curves"]
     plan = run_recipe(cfg, out, dry_run=True)["plan_seconds"]
     assert plan["retriever-warmup"] > 0
+
+
+def test_peer_results_join_the_report_as_rows(tmp_path):
+    from tandem.errors import ConfigError
+    from tandem.recipe import peer_rows, render_markdown
+
+    peers = tmp_path / "result.json"
+    peers.write_text(json.dumps({"systems": {
+        "st-mnrl": {"nDCG@10": 0.6547, "RR@10": 0.612, "R@100": 0.9317, "train_seconds": 128.6},
+        "bm25+st-cross": {"nDCG@10": 0.1989, "RR@10": 0.117, "train_seconds": 137.6}}}))
+    rows = peer_rows(str(peers))
+    assert rows["peer:st-mnrl"]["nDCG@10"] == 0.6547 and rows["peer:st-mnrl"]["seconds"] == 128.6
+    assert "R@100" not in rows["peer:bm25+st-cross"] and peer_rows("") == {}
+    with pytest.raises(ConfigError, match="peers_scifact"):
+        peer_rows(str(tmp_path / "missing.json"))
+    cfg = {"max_length": 128, "query_max_length": 32, "reranker_max_length": 160, "list_size": 4, "top_n": 20,
+           "batch_size": 12, "warmup_steps": 20, "reranker_arch": "gated", "joint_steps": 20, "rerank_k": 20}
+    report = {"data": "scifact", "split": "test", "queries": 300, "config": cfg, "stage_seconds": {},
+              "total_seconds": 1, "models": {"retriever": "r", "reranker": "c"},
+              "systems": {"bm25": {"nDCG@10": 0.66, "RR@10": 0.63, "R@100": 0.88, "seconds": 1}, **rows}}
+    md = render_markdown(report)
+    assert "| peer:st-mnrl | 0.6547 | 0.6120 | 0.9317 | 129 |" in md
+    assert "| peer:bm25+st-cross | 0.1989 | 0.1170 | - | 138 |" in md and "`peer:` rows" in md
