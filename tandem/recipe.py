@@ -299,6 +299,7 @@ class _Runner:
     def __init__(self, cfg, out, train_ds, test_ds, stages, progress):
         self.cfg, self.out, self.train_ds, self.test_ds = cfg, out, train_ds, test_ds
         self.stages, self.progress = stages, progress
+        self._scores: dict[str, dict[str, float]] = {}  # run file -> test metrics, evaluated once
         self.model = None if cfg.model == "default" else cfg.model
 
     def run_all(self, data_key: str) -> None:
@@ -398,15 +399,20 @@ class _Runner:
                    after=("retriever-only",))
             self._headline("retriever-only", "retriever-only-index/run.trec")
 
+    def _evaluate(self, run_file: str) -> dict[str, float]:
+        """Test metrics of a run file under ``out`` (each file is read and scored once per invocation)."""
+        if run_file not in self._scores:
+            from tandem.data import read_run
+            from tandem.eval.metrics import evaluate
+
+            self._scores[run_file] = evaluate(read_run(self.out / run_file), self.test_ds.qrels, REPORT_MEASURES)
+        return self._scores[run_file]
+
     def _headline(self, system: str, run_file: str) -> None:
         """Log a finished system's test metrics at once, so a run cut short still says where it stands."""
-        path = self.out / run_file
-        if self.stages.rank != 0 or not path.exists():
+        if self.stages.rank != 0 or not (self.out / run_file).exists():
             return
-        from tandem.data import read_run
-        from tandem.eval.metrics import evaluate
-
-        m = evaluate(read_run(path), self.test_ds.qrels, REPORT_MEASURES)
+        m = self._evaluate(run_file)
         log.info("%-24s %s on %s", system, "  ".join(f"{k} {v:.4f}" for k, v in m.items()), self.cfg.eval_split)
 
     def _index_and_search(self, retriever_dir: Path, d: Path, queries) -> None:
@@ -441,9 +447,6 @@ class _Runner:
                         fn, after=after, every_rank=True)
 
     def report(self, total: float) -> dict[str, Any]:
-        from tandem.data import read_run
-        from tandem.eval.metrics import evaluate
-
         s = self.stages.seconds
         lists = ["lists", "warmup", "denoise"] if self.cfg.denoise else ["lists"]
         joint = ["zs-index", *lists, "retriever-warmup", "warmup", "joint", "joint-index"]
@@ -462,8 +465,7 @@ class _Runner:
                                         ["zs-index", *lists, "retriever-only", "retriever-only-index"])
         systems = {}
         for name, (run_file, parts) in chains.items():
-            metrics = evaluate(read_run(self.out / run_file), self.test_ds.qrels, REPORT_MEASURES)
-            systems[name] = {**metrics, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
+            systems[name] = {**self._evaluate(run_file), "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
                              "run": str(self.out / run_file)}
         systems.update(peer_rows(self.cfg.peers))
         curves = {}

@@ -162,7 +162,7 @@ def load_any_corpus(path: str | Path) -> Corpus:
 def iter_any_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
     """Stream ``(pid, title, text)`` from any passages file :func:`load_any_corpus` reads, in file order."""
     from tandem.data.dpr import iter_psgs_tsv
-    from tandem.data.msmarco import iter_tsv_pairs
+    from tandem.data.msmarco import iter_collection
 
     path = Path(path)
     if path.name.removesuffix(".gz").endswith(".jsonl"):
@@ -171,7 +171,7 @@ def iter_any_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
         first = f.readline()
     if first.startswith("id\ttext\ttitle"):
         return iter_psgs_tsv(path)
-    return ((pid, "", text) for pid, text in iter_tsv_pairs(path, "passage"))
+    return iter_collection(path)
 
 
 def is_msmarco_layout(directory: str | Path) -> bool:

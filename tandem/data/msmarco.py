@@ -22,8 +22,13 @@ def iter_tsv_pairs(path: str | Path, what: str) -> Iterator[tuple[str, str]]:
         yield key, cols[1]
 
 
+def iter_collection(path: str | Path) -> Iterator[tuple[str, str, str]]:
+    """Stream ``(pid, title, text)`` from an MS MARCO ``collection.tsv`` (no titles: ``title`` is empty)."""
+    return ((pid, "", text) for pid, text in iter_tsv_pairs(path, "passage"))
+
+
 def load_collection(path: str | Path) -> Corpus:
-    return Corpus.from_records((pid, "", text) for pid, text in iter_tsv_pairs(path, "passage"))
+    return Corpus.from_records(iter_collection(path))
 
 
 def load_queries_tsv(path: str | Path) -> dict[str, str]:

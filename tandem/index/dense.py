@@ -32,10 +32,14 @@ def encoder_info(encoder: Encoder) -> dict:
             "normalize": s.normalize, "max_length": s.max_length, "prefix": s.prefix, "dim": encoder.dim}
 
 
-def save_embeddings(path: str | os.PathLike, vectors: np.ndarray, dtype: str = "float32") -> None:
-    """Write vectors as ``.npy`` (float32 or float16), atomically."""
+def _check_embeddings_dtype(dtype: str) -> None:
     if dtype not in ("float32", "float16"):
         raise TandemError(f"embedding dtype must be float32 or float16, got {dtype!r}")
+
+
+def save_embeddings(path: str | os.PathLike, vectors: np.ndarray, dtype: str = "float32") -> None:
+    """Write vectors as ``.npy`` (float32 or float16), atomically."""
+    _check_embeddings_dtype(dtype)
     with atomic_open(path, "wb") as f:
         np.save(f, vectors.astype(dtype, copy=False))
 
@@ -111,8 +115,7 @@ def _sample_rows(paths: list[Path], k: int, seed: int) -> np.ndarray:
 
 def save_embeddings_from_shards(path: str | os.PathLike, paths: list[Path], dtype: str = "float32") -> None:
     """Write the shards' vectors, in order, as one ``.npy`` (float32 or float16), atomically, a shard at a time."""
-    if dtype not in ("float32", "float16"):
-        raise TandemError(f"embedding dtype must be float32 or float16, got {dtype!r}")
+    _check_embeddings_dtype(dtype)
     shapes = [np.load(p, mmap_mode="r").shape for p in paths]
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
