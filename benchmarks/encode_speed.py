@@ -1,4 +1,4 @@
-"""Encoding speed: tandem's Encoder (PyTorch, ONNX Runtime fp32, ONNX int8) vs sentence-transformers.
+"""Encoding speed: tandem's Encoder (PyTorch fp32 / bf16, ONNX Runtime fp32 / int8) vs sentence-transformers.
 
 Same model (the embedded all-MiniLM-L6-v2), same texts, same max length and batch size, measured
 in one process, rotating which runs first. With ``--quality`` each tandem backend also indexes the
@@ -6,6 +6,11 @@ whole SciFact corpus and is scored on the test queries (nDCG@10), to show what i
 
     python benchmarks/encode_speed.py --n 1000 --max-length 256 --batch-size 32 --repeats 1
     python benchmarks/encode_speed.py --backends torch,onnx,onnx-int8 --repeats 2 --quality tandem-onnx-int8
+    python benchmarks/encode_speed.py --backends torch,torch-bf16 --st-bf16 --quality tandem,tandem-torch-bf16
+
+``torch`` is fp32; ``torch-bf16`` is tandem's bf16 autocast (``--precision bf16``; the default ``auto`` picks it
+where the hardware computes bf16 natively). ``--st-bf16`` adds sentence-transformers with its weights in bf16
+(``model_kwargs={"torch_dtype": torch.bfloat16}``), the way its users get bf16.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--backends", default="torch", help="tandem runtimes to time: torch, onnx, onnx-int8")
+    ap.add_argument("--backends", default="torch", help="tandem runtimes to time: torch (fp32), torch-bf16, onnx, "
+                                                        "onnx-int8")
+    ap.add_argument("--st-bf16", action="store_true", help="also time sentence-transformers with bf16 weights")
     ap.add_argument("--quality", default="", help="comma-separated systems (e.g. tandem,tandem-onnx-int8) that also "
                                                   "index all of SciFact and are scored on its test queries")
     args = ap.parse_args()
@@ -41,20 +48,27 @@ def main() -> None:
 
     texts = load_corpus(os.path.join(args.data, "corpus.jsonl"))[: args.n]
     backends = args.backends.split(",")
-    systems = {f"tandem-{b}" if b != "torch" else "tandem": Encoder.from_pretrained(None, max_length=args.max_length,
-                                                                                     backend=b) for b in backends}
-    st = SentenceTransformer(str(default_model_path()), device=inference_device())  # tandem's device
-    st.max_seq_length = args.max_length
-    names = [*systems, "sentence-transformers"]
+    systems = {}
+    for b in backends:
+        enc = Encoder.from_pretrained(None, max_length=args.max_length, backend="torch" if b == "torch-bf16" else b,
+                                      precision="bf16" if b == "torch-bf16" else "fp32")
+        systems[f"tandem-{b}" if b != "torch" else "tandem"] = enc
+    sts = {"sentence-transformers": SentenceTransformer(str(default_model_path()), device=inference_device())}
+    if args.st_bf16:
+        sts["sentence-transformers-bf16"] = SentenceTransformer(str(default_model_path()), device=inference_device(),
+                                                                model_kwargs={"torch_dtype": torch.bfloat16})
+    for st in sts.values():  # on tandem's device
+        st.max_seq_length = args.max_length
+    names = [*systems, *sts]
 
-    def run(name):
-        if name == "sentence-transformers":
-            return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
-        return systems[name].encode(texts, batch_size=args.batch_size)
+    def run(name, sample=None):
+        sample = texts if sample is None else sample
+        if name in sts:
+            return np.asarray(sts[name].encode(sample, batch_size=args.batch_size, convert_to_numpy=True), np.float32)
+        return systems[name].encode(sample, batch_size=args.batch_size)
 
     for name in names:  # warm-up
-        (st.encode(texts[:64], batch_size=args.batch_size) if name == "sentence-transformers"
-         else systems[name].encode(texts[:64], batch_size=args.batch_size))
+        run(name, texts[:64])
     times = {k: [] for k in names}
     vecs = {}
     for r in range(args.repeats):
@@ -73,8 +87,8 @@ def main() -> None:
         "benchmark": "encode_speed", "passages": len(texts), "max_length": args.max_length,
         "batch_size": args.batch_size, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
         "seconds": best, "passages_per_s": {k: len(texts) / v for k, v in best.items()},
-        "speedup_vs_st": {k: best["sentence-transformers"] / best[k] for k in systems},
-        "min_cosine_vs_st": {k: min_cos(vecs[k]) for k in systems},
+        "speedup_vs_st": {k: best["sentence-transformers"] / best[k] for k in names if k != "sentence-transformers"},
+        "min_cosine_vs_st": {k: min_cos(vecs[k]) for k in names if k != "sentence-transformers"},
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "device": device_name(),
         "malloc_tuned": bool(os.environ.get("MALLOC_MMAP_THRESHOLD_")),
     }

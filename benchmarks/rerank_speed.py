@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--backends", default="torch,onnx,onnx-int8")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="torch (fp32), torch-bf16, onnx, onnx-int8")
     args = ap.parse_args()
 
     from sentence_transformers.cross_encoder import CrossEncoder
@@ -42,8 +42,11 @@ def main() -> None:
     pairs = [(ds.queries[q], ds.corpus.text(p)) for q, docs in run.items() for p in docs][: args.pairs]
     with tempfile.TemporaryDirectory() as d:
         Reranker.from_pretrained(None, max_length=args.max_length).save(d)
-        systems = {("tandem" if b == "torch" else f"tandem-{b}"): Reranker.from_pretrained(d).set_backend(b)
-                   for b in args.backends.split(",")}
+        systems = {}
+        for b in args.backends.split(","):  # torch is fp32, torch-bf16 tandem's bf16 autocast
+            ce = Reranker.from_pretrained(d).set_backend("torch" if b == "torch-bf16" else b)
+            ce.precision = "bf16" if b == "torch-bf16" else "fp32"
+            systems["tandem" if b == "torch" else f"tandem-{b}"] = ce
         st = CrossEncoder(d, max_length=args.max_length, device=inference_device())  # tandem's device
         names = [*systems, "sentence-transformers"]
 

@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--rerank-on", default="bm25,zero-shot,own-retriever",
                     help="first stages whose top-k the trained re-ranker re-scores (comma-separated)")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value training settings")
+    ap.add_argument("--train-precision", default="", help="training precision (auto, fp32, bf16; default: the "
+                                                           "config's auto); inference follows $TANDEM_PRECISION")
     args = ap.parse_args()
 
     from tandem.data import load_beir, read_run, write_run
@@ -59,7 +61,8 @@ def main() -> None:
         write_lists(lists_path, lists_from_run(run, train_ds.qrels, train_ds.corpus, args.top_n))
     settings = ["list_size=8", "batch_size=8", "query_max_length=32", "passage_max_length=128",
                 "reranker_max_length=160", f"seed={args.seed}", f"max_steps={args.max_steps}",
-                "heldout_fraction=0.1", "eval_every=10", f"mode={args.mode}", *args.set]
+                "heldout_fraction=0.1", "eval_every=10", f"mode={args.mode}",
+                *([f"precision={args.train_precision}"] if args.train_precision else []), *args.set]
     t0 = time.perf_counter()
     result = train(args.data, args.out, lists=lists_path, retriever=args.retriever, reranker=args.reranker,
                    overrides=settings, progress=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from enum import Enum
@@ -24,6 +25,23 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets
 app.add_typer(data_app, name="data")
 
 log = logging.getLogger("tandem")
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@app.callback()
+def _global_options(precision: Precision = typer.Option(
+        None, "--precision", envvar="TANDEM_PRECISION", show_default="auto",
+        help="Precision of PyTorch inference and training: auto (bf16 autocast where the hardware computes bf16 "
+             "natively: a CUDA GPU, or a CPU with AVX-512 BF16 / AMX; else fp32), fp32 or bf16. A training "
+             "config's `precision: fp32|bf16` wins for training.")) -> None:
+    """tandem: train a dense retriever and a re-ranker together (RocketQAv2) and search with them."""
+    if precision is not None:
+        os.environ["TANDEM_PRECISION"] = precision.value
 
 
 class IndexType(str, Enum):

@@ -21,6 +21,52 @@ def inference_device() -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 matmuls in hardware (AVX-512 BF16 or AMX), where oneDNN runs them
+    ~2.4x faster than fp32 (BENCHMARKS.md); elsewhere bf16 on a CPU is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str | None, device) -> str:
+    """``fp32`` or ``bf16`` for ``device``: ``precision`` if it is fp32 or bf16, else (None or auto)
+    ``$TANDEM_PRECISION`` if set, else auto: bf16 where the hardware computes it natively (a CUDA GPU with
+    bf16, or a CPU with AVX-512 BF16 / AMX), fp32 elsewhere."""
+    import torch
+
+    if precision in (None, "auto"):
+        precision = os.environ.get("TANDEM_PRECISION") or "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def autocast(precision: str | None, device):
+    """A bf16 autocast context for ``device`` when :func:`resolve_precision` says bf16, else a no-op.
+    Weights (and optimiser states) stay fp32; matmuls run in bf16."""
+    import torch
+
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def device_name(device: str | None = None) -> str:
     """The accelerator's name (e.g. 'NVIDIA H200') for ``device`` (default: :func:`inference_device`), or 'cpu'."""
     import torch

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TANDEM_NO_PROGRESS", "1")
+# exact comparisons (against sentence-transformers, across runs) in fp32; tests/test_precision.py covers bf16
+os.environ.setdefault("TANDEM_PRECISION", "fp32")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCIFACT = SHARED / "scifact"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -249,3 +250,30 @@ def test_ivfpq_built_from_shards_trains_on_a_sample_and_finds_neighbours(tmp_pat
         return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want, got)])
 
     assert recall(idx) > 0.6 and abs(recall(idx) - recall(whole)) < 0.08, (recall(idx), recall(whole))
+
+
+def test_bm25_does_not_wake_jax(tmp_path):
+    """bm25s would pick JAX for its top-k and initialise it (75% of a GPU's memory per process): kept out."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "jax"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "jax-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('yes')\n")
+    (fake / "lax.py").write_text("def top_k(x, k):\n    raise AssertionError('JAX top-k used')\n")
+    code = ("from tandem.data.types import Corpus\n"
+            "from tandem.index.bm25 import BM25\n"
+            "c = Corpus.from_records([('a', '', 'protein cell gene'), ('b', '', 'cancer virus'), ('c', '', 'sleep')])\n"
+            "run = BM25(c).search({'q': 'cancer'}, k=2)\n"
+            "assert list(run['q']) == ['b'], run\n"
+            "import jax\n"  # still importable afterwards: only hidden while bm25s loaded
+            "print('ok')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+    assert marker.exists()  # the user's own `import jax` worked ...
+    marker.unlink()
+    proc = subprocess.run([sys.executable, "-c", code.replace("import jax\n", "")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and not marker.exists(), proc.stderr  # ... but bm25s never imported it

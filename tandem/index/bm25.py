@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
@@ -22,11 +23,35 @@ class BM25Settings:
     stemmer: str | None = None  # e.g. "english" (needs PyStemmer)
 
 
+def import_bm25s():
+    """bm25s, imported without JAX unless this process already uses JAX.
+
+    bm25s picks JAX for its top-k whenever JAX is importable, and its import runs a JAX op, which on a
+    machine with a GPU makes JAX reserve 75% of the GPU's memory in every process that builds a BM25
+    index (measured on an H200: five parallel tandem runs died out of GPU memory, one process holding
+    108 GiB). tandem's top-k runs in numpy, so JAX is hidden while bm25s loads.
+    """
+    if "bm25s" in sys.modules or "jax" in sys.modules:
+        import bm25s
+
+        return bm25s
+    hidden = ("jax", "jax.lax")
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import jax` raise ImportError
+    try:
+        import bm25s
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return bm25s
+
+
 class BM25:
     """A bm25s index over a :class:`Corpus`; ``search`` returns a run (qid -> pid -> score)."""
 
     def __init__(self, corpus: Corpus, settings: BM25Settings = BM25Settings(), progress: bool = False):
-        import bm25s
+        bm25s = import_bm25s()
 
         # subtle: bm25s sets its own logger to DEBUG at import; keep it at the level of its parent
         logging.getLogger("bm25s").setLevel(logging.NOTSET)
@@ -39,13 +64,14 @@ class BM25:
         self.model.index(tokens, show_progress=progress_enabled(progress))
 
     def search(self, queries: Mapping[str, str], k: int = 100, progress: bool = False) -> Run:
-        import bm25s
+        bm25s = import_bm25s()
 
         qids = list(queries)
         k = min(k, len(self.corpus))
         tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=self.settings.stopwords,
                                 stemmer=self._stemmer, show_progress=progress_enabled(progress))
-        docs, scores = self.model.retrieve(tokens, k=k, show_progress=progress_enabled(progress), n_threads=1)
+        docs, scores = self.model.retrieve(tokens, k=k, show_progress=progress_enabled(progress), n_threads=1,
+                                           backend_selection="numpy")
         run: Run = {}
         for row, qid in enumerate(qids):
             # bm25s returns zero-score filler for queries with no matching term; drop it

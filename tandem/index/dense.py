@@ -18,6 +18,7 @@ from tandem.index.faiss_index import DenseIndex, default_nlist, new_faiss, train
 from tandem.io import atomic_open, atomic_path, read_json, sha256_file, write_json
 from tandem.models.encoder import Encoder
 from tandem.models.hf import model_fingerprint, resolve_model
+from tandem.utils import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,11 @@ def encoder_info(encoder: Encoder) -> dict:
     name = encoder.name
     if Path(name).is_dir():
         name = str(Path(name).resolve())
+    numerics = (resolve_precision(encoder.precision, encoder.device) if encoder.backend == "torch"
+                else encoder.backend)  # fp32 / bf16 (PyTorch), or onnx / onnx-int8
     return {"model": name, "model_fingerprint": model_fingerprint(encoder.name), "pooling": s.pooling,
-            "normalize": s.normalize, "max_length": s.max_length, "prefix": s.prefix, "dim": encoder.dim}
+            "normalize": s.normalize, "max_length": s.max_length, "prefix": s.prefix, "dim": encoder.dim,
+            "precision": numerics}
 
 
 def _check_embeddings_dtype(dtype: str) -> None:
@@ -160,7 +164,7 @@ def encode_in_shards(corpus: Corpus | str | os.PathLike, work: Path, encoder: En
     shard_size = max(1, shard_size)
     key = {"model_fingerprint": info.get("model_fingerprint"), "max_length": info.get("max_length"),
            "pooling": info.get("pooling"), "normalize": info.get("normalize"), "prefix": info.get("prefix"),
-           "corpus_hash": info.get("corpus_hash"), "shard_size": shard_size}
+           "corpus_hash": info.get("corpus_hash"), "shard_size": shard_size, "precision": info.get("precision")}
     if isinstance(corpus, Corpus):  # no file hash to go by: the size and the ends of the corpus
         key.update(passages=len(corpus), first=corpus.ids[0] if len(corpus) else None,
                    last=corpus.ids[-1] if len(corpus) else None)

@@ -8,6 +8,7 @@ loads here with its own pooling, normalisation and max length.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import POOLING_MODES, pool
-from tandem.utils import progress_bar
+from tandem.utils import autocast, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Encoder(nn.Module):
         self.name = name
         self.runtime = None  # an ONNX Runtime body for inference (set_backend), else the PyTorch one
         self.backend = "torch"
+        self.precision: str | None = None  # inference precision (auto, fp32, bf16); None: $TANDEM_PRECISION or auto
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike | None = None, **overrides) -> "Encoder":
@@ -122,11 +124,13 @@ class Encoder(nn.Module):
         over what the directory records. ``None`` is the embedded all-MiniLM-L6-v2. ``backend``
         (torch, onnx, onnx-int8) picks the inference runtime (training always uses PyTorch)."""
         backend = overrides.pop("backend", None) or "torch"
+        precision = overrides.pop("precision", None)
         name = resolve_model(name_or_dir)
         recorded = read_st_settings(Path(name)) if Path(name).is_dir() else {}
         values = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
         settings = EncoderSettings(**{k: v for k, v in values.items() if k in EncoderSettings.__dataclass_fields__})
         enc = cls(load_backbone(name), load_tokenizer(name), settings, name=name)
+        enc.precision = precision
         return enc.set_backend(backend)
 
     def set_backend(self, backend: str) -> "Encoder":
@@ -166,7 +170,7 @@ class Encoder(nn.Module):
             out = self.runtime(input_ids, attention_mask)
         else:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        reps = pool(out.last_hidden_state, attention_mask, self.settings.pooling)  # (B, H)
+        reps = pool(out.last_hidden_state.float(), attention_mask, self.settings.pooling)  # (B, H), fp32 under autocast
         if self.settings.normalize:
             reps = nn.functional.normalize(reps, dim=-1)
         return EncoderOutput(reps=reps)
@@ -203,12 +207,17 @@ class Encoder(nn.Module):
                     vecs = np.empty((len(chunk), self.dim), dtype=np.float32)
                     for b in range(0, len(order), batch_size):
                         sel = order[b : b + batch_size]
-                        reps = self(**self.collate([ids[i] for i in sel])).reps
+                        with self._autocast():  # per batch: the caller's code between yields runs as it is
+                            reps = self(**self.collate([ids[i] for i in sel])).reps
                         vecs[sel] = reps.float().cpu().numpy()
                         bar.update(len(sel))
                     yield start, vecs
         finally:
             self.train(was_training)
+
+    def _autocast(self):
+        """bf16 autocast for PyTorch inference when :attr:`precision` resolves to bf16 (not for ONNX Runtime)."""
+        return autocast(self.precision, self.device) if self.runtime is None else contextlib.nullcontext()
 
     def save(self, path: str | os.PathLike, prompts: dict[str, str] | None = None) -> None:
         """Write weights, tokenizer and the sentence-transformers layout into directory ``path``."""

@@ -156,7 +156,7 @@ class GatedReranker(Reranker):
         bias = bias.masked_fill(attention_mask[:, None, None, :] == 0, neg)
         out = self.model(input_ids=input_ids, attention_mask=bias, position_ids=position_ids,
                          token_type_ids=torch.zeros_like(input_ids))
-        h = out.last_hidden_state  # (B, L, H)
+        h = out.last_hidden_state.float()  # (B, L, H); fp32 under autocast, so the cosine keeps its precision
         if self.pooling == "mean":
             q = pool(h, (segments == 1).long(), "mean")  # (B, H)
             p = pool(h, (segments == 2).long(), "mean")  # (B, H)

@@ -67,6 +67,8 @@ class TrainConfig:
     heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (fixed seed)")
     allow_untrained_reranker: bool = _f(False, "let joint/static start from a re-ranker with a new, untrained head")
     device: str = _f("auto", "auto, cpu or cuda")
+    precision: str = _f("auto", "auto, fp32 or bf16: bf16 autocast (fp32 weights) where auto finds native bf16 "
+                                "(a CUDA GPU, or a CPU with AVX-512 BF16 / AMX: ~1.5x faster training here)")
     log_every: int = _f(1, "write the metrics log every N steps")
 
     def __post_init__(self):
@@ -86,6 +88,7 @@ class TrainConfig:
             (0 <= self.pseudo_positive_prob <= 1, "pseudo_positive_prob must be in [0, 1]"),
             (not self.kl_gate or self.heldout_fraction > 0, "kl_gate needs heldout_fraction > 0"),
             (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
+            (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -35,7 +35,7 @@ from tandem.train.chunking import CachedChunks
 from tandem.train.config import TrainConfig
 from tandem.train.distributed import barrier, broadcast_parameters, mean_over_ranks, sum_gradients, world
 from tandem.train.lists import Group, ListSampler, TrainingList, heldout_indices
-from tandem.utils import progress_bar
+from tandem.utils import autocast, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,11 @@ class Trainer:
                 "--reranker OUT/reranker), or set allow_untrained_reranker=true to train from it anyway")
         self.retriever = retriever.to(self.device) if self.use_retriever else None
         self.reranker = reranker.to(self.device) if self.use_reranker else None
+        inference = [self.reranker] if self.reranker is not None else []
+        if self.retriever is not None:
+            inference += [self.retriever.query_encoder, self.retriever.passage_encoder]
+        for m in inference:
+            m.precision = cfg.precision  # held-out evaluation runs at the training precision
         if cfg.mode == "static":
             self.reranker.eval()
             self.reranker.requires_grad_(False)
@@ -241,12 +246,9 @@ class Trainer:
         return {k: v.item() for k, v in terms.items()}
 
     def _autocast(self):
-        """bf16 autocast on CUDA (weights and optimiser states stay fp32); plain fp32 on CPU."""
-        import contextlib
-
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast where ``precision`` resolves to bf16 (auto: a GPU with bf16, or a CPU with native bf16
+        matmuls); weights and optimiser states stay fp32."""
+        return autocast(self.cfg.precision, self.device)
 
     def optimizer_step(self) -> dict[str, float]:
         norms = {}
