@@ -52,6 +52,9 @@ class RecipeConfig:
     warmup_steps: int = _f(30, "re-ranker warm-up steps (reranker mode) before joint training")
     joint_steps: int = _f(20, "joint training steps")
     retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
+    index_retriever_warmup: bool = _f(True, "with retriever_warmup_steps and no retriever-only baseline: index the "
+                                            "warm-up retriever (trained alone) and report it as `retriever-only`, "
+                                            "so the report shows what the joint stage adds to it")
     peers: str = _f("", "result.json of benchmarks/peers_scifact.py: its systems join the report as peer rows")
     denoise: bool = _f(True, "denoise the lists with the warmed-up re-ranker (hybrid lists: undenoised + denoised "
                              "pools, pseudo-positives) before joint training")
@@ -204,6 +207,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
         est["retriever-warmup"] = cfg.retriever_warmup_steps * rb * (rl + cfg.query_max_length / cfg.max_length) / seq + 20
     if cfg.retriever_only_steps:
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
+    elif cfg.retriever_warmup_steps and cfg.index_retriever_warmup:
+        est["retriever-warmup-index"] = n_passages / enc + 10
     return est
 
 
@@ -391,6 +396,11 @@ class _Runner:
         self._headline("joint-retriever+reranker", "rerank/run.trec")
         if both:
             self._headline("hybrid+reranker", "rerank/hybrid.trec")
+        if self._warmup_is_retriever_only():  # last: the main systems are done if the budget runs out
+            st.run("retriever-warmup-index", {},
+                   lambda d: self._index_and_search(out / "retriever-warmup" / "retriever", d, tq),
+                   after=("retriever-warmup",))
+            self._headline("retriever-only", "retriever-warmup-index/run.trec")
         if cfg.retriever_only_steps:
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
@@ -398,6 +408,10 @@ class _Runner:
                    lambda d: self._index_and_search(out / "retriever-only" / "retriever", d, tq),
                    after=("retriever-only",))
             self._headline("retriever-only", "retriever-only-index/run.trec")
+
+    def _warmup_is_retriever_only(self) -> bool:
+        cfg = self.cfg
+        return bool(cfg.retriever_warmup_steps and not cfg.retriever_only_steps and cfg.index_retriever_warmup)
 
     def _evaluate(self, run_file: str) -> dict[str, float]:
         """Test metrics of a run file under ``out`` (each file is read and scored once per invocation)."""
@@ -463,6 +477,9 @@ class _Runner:
         if self.cfg.retriever_only_steps:
             chains["retriever-only"] = ("retriever-only-index/run.trec",
                                         ["zs-index", *lists, "retriever-only", "retriever-only-index"])
+        elif self._warmup_is_retriever_only():
+            chains["retriever-only"] = ("retriever-warmup-index/run.trec",
+                                        ["zs-index", "lists", "retriever-warmup", "retriever-warmup-index"])
         systems = {}
         for name, (run_file, parts) in chains.items():
             systems[name] = {**self._evaluate(run_file), "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
@@ -528,7 +545,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                     "positives' probabilities (the value is in the mining report)" if cfg.get("low_from_positives")
                     else f"candidates; below p = {cfg['low']}")
                  + f" they form the denoised pool, above {cfg['high']} they become "
-                 "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else ""), "",
+                 "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else "")
+              + (f" `retriever-only`: the retriever warm-up ({cfg['retriever_warmup_steps']} steps, trained alone), "
+                 "from which joint training starts." if cfg.get("retriever_warmup_steps")
+                 and not cfg.get("retriever_only_steps") and cfg.get("index_retriever_warmup", True) else "")
+              + (f" `retriever-only`: the retriever trained alone on the joint lists ({cfg['retriever_only_steps']} "
+                 "steps)." if cfg.get("retriever_only_steps") else ""), "",
               "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
     lines += ["", f"Total wall time: {report['total_seconds']:.0f} s.", "",

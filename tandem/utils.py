@@ -67,6 +67,12 @@ def autocast(precision: str | None, device):
     return contextlib.nullcontext()
 
 
+def inference_autocast(model):
+    """:func:`autocast` for a loaded encoder or re-ranker's PyTorch inference, at its ``precision`` (None:
+    ``$TANDEM_PRECISION`` or auto); a no-op when it runs in ONNX Runtime (``model.runtime``)."""
+    return autocast(model.precision, model.device) if model.runtime is None else contextlib.nullcontext()
+
+
 def device_name(device: str | None = None) -> str:
     """The accelerator's name (e.g. 'NVIDIA H200') for ``device`` (default: :func:`inference_device`), or 'cpu'."""
     import torch

@@ -156,8 +156,14 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     done = {n: json.loads((out / n / "done.json").read_text())["settings"] for n in ("warmup", "joint")}
     assert done["warmup"]["reranker"] == done["joint"]["retriever"] == str(warm / "retriever")
     assert "retriever-warmup" in report["curves"]
+    # the warm-up retriever, trained alone, is the retriever-only row: its own index and test run
+    row = report["systems"]["retriever-only"]
+    assert row["run"] == str(out / "retriever-warmup-index" / "run.trec") and 0 <= row["nDCG@10"] <= 1
+    index = json.loads((out / "retriever-warmup-index" / "index" / "manifest.json").read_text())
+    assert str((warm / "retriever").resolve()) in index["model"]
+    assert "`retriever-only`: the retriever warm-up (2 steps" in (out / "report.md").read_text()
     plan = run_recipe(cfg, out, dry_run=True)["plan_seconds"]
-    assert plan["retriever-warmup"] > 0
+    assert plan["retriever-warmup"] > 0 and plan["retriever-warmup-index"] > 0
 
 
 def test_peer_results_join_the_report_as_rows(tmp_path):

@@ -8,7 +8,6 @@ loads here with its own pooling, normalisation and max length.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import POOLING_MODES, pool
-from tandem.utils import autocast, progress_bar
+from tandem.utils import inference_autocast, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -207,17 +206,13 @@ class Encoder(nn.Module):
                     vecs = np.empty((len(chunk), self.dim), dtype=np.float32)
                     for b in range(0, len(order), batch_size):
                         sel = order[b : b + batch_size]
-                        with self._autocast():  # per batch: the caller's code between yields runs as it is
+                        with inference_autocast(self):  # per batch: the caller's code between yields runs as it is
                             reps = self(**self.collate([ids[i] for i in sel])).reps
                         vecs[sel] = reps.float().cpu().numpy()
                         bar.update(len(sel))
                     yield start, vecs
         finally:
             self.train(was_training)
-
-    def _autocast(self):
-        """bf16 autocast for PyTorch inference when :attr:`precision` resolves to bf16 (not for ONNX Runtime)."""
-        return autocast(self.precision, self.device) if self.runtime is None else contextlib.nullcontext()
 
     def save(self, path: str | os.PathLike, prompts: dict[str, str] | None = None) -> None:
         """Write weights, tokenizer and the sentence-transformers layout into directory ``path``."""

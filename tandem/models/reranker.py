@@ -6,7 +6,6 @@ sentence-transformers' ``CrossEncoder(dir)`` and in transformers, giving the sam
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from tandem.errors import ModelLoadError, TandemError
 from tandem.models.encoder import pad_batch
 from tandem.models.hf import load_tokenizer, quiet_transformers, resolve_model
-from tandem.utils import autocast, progress_bar
+from tandem.utils import inference_autocast, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +128,13 @@ class Reranker(nn.Module):
             with progress_bar(len(pairs), "re-ranking", progress, unit="pair") as bar:
                 for b in range(0, len(order), batch_size):
                     sel = order[b : b + batch_size]
-                    with self._autocast():
+                    with inference_autocast(self):
                         logits = self.score([pairs[i][0] for i in sel], [pairs[i][1] for i in sel])
                     out[sel] = logits.float().cpu().numpy()
                     bar.update(len(sel))
         finally:
             self.train(was_training)
         return out
-
-    def _autocast(self):
-        """bf16 autocast for PyTorch inference when :attr:`precision` resolves to bf16 (not for ONNX Runtime)."""
-        return autocast(self.precision, self.device) if self.runtime is None else contextlib.nullcontext()
 
     def save(self, path: str | os.PathLike) -> None:
         """A plain sequence-classification directory (CrossEncoder-loadable) plus ``tandem_reranker.json``."""
