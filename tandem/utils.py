@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import time
@@ -24,6 +25,7 @@ def inference_device() -> str:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 matmuls in hardware (AVX-512 BF16 or AMX), where oneDNN runs them
     ~2.4x faster than fp32 (BENCHMARKS.md); elsewhere bf16 on a CPU is emulated and slower."""
