@@ -8,7 +8,7 @@ whole SciFact corpus and is scored on the test queries (nDCG@10), to show what i
     python benchmarks/encode_speed.py --backends torch,onnx,onnx-int8 --repeats 2 --quality tandem-onnx-int8
     python benchmarks/encode_speed.py --backends torch,torch-bf16 --st-bf16 --quality tandem,tandem-torch-bf16
 
-``torch`` is fp32; ``torch-bf16`` is tandem's bf16 autocast (``--precision bf16``; the default ``auto`` picks it
+``torch`` is fp32; ``compile`` runs the body through ``torch.compile``; ``-bf16`` adds tandem's bf16 autocast (``--precision bf16``; the default ``auto`` picks it
 where the hardware computes bf16 natively). ``--st-bf16`` adds sentence-transformers with its weights in bf16
 (``model_kwargs={"torch_dtype": torch.bfloat16}``), the way its users get bf16.
 """
@@ -32,8 +32,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--backends", default="torch", help="tandem runtimes to time: torch (fp32), torch-bf16, onnx, "
-                                                        "onnx-int8")
+    ap.add_argument("--backends", default="torch", help="tandem runtimes to time: torch (fp32), torch-bf16, compile, "
+                                                        "compile-bf16 (torch.compile; compiled during the warm-up, "
+                                                        "whose time is reported apart), onnx, onnx-int8")
     ap.add_argument("--st-bf16", action="store_true", help="also time sentence-transformers with bf16 weights")
     ap.add_argument("--quality", default="", help="comma-separated systems (e.g. tandem,tandem-onnx-int8) that also "
                                                   "index all of SciFact and are scored on its test queries")
@@ -49,9 +50,10 @@ def main() -> None:
     texts = load_corpus(os.path.join(args.data, "corpus.jsonl"))[: args.n]
     backends = args.backends.split(",")
     systems = {}
-    for b in backends:
-        enc = Encoder.from_pretrained(None, max_length=args.max_length, backend="torch" if b == "torch-bf16" else b,
-                                      precision="bf16" if b == "torch-bf16" else "fp32")
+    for b in backends:  # RUNTIME[-bf16]: torch, compile (torch.compile), onnx, onnx-int8; -bf16: bf16 autocast
+        runtime, bf16 = b.removesuffix("-bf16"), b.endswith("-bf16")
+        enc = Encoder.from_pretrained(None, max_length=args.max_length, backend=runtime,
+                                      precision="bf16" if bf16 else "fp32")
         systems[f"tandem-{b}" if b != "torch" else "tandem"] = enc
     sts = {"sentence-transformers": SentenceTransformer(str(default_model_path()), device=inference_device())}
     if args.st_bf16:
@@ -67,8 +69,11 @@ def main() -> None:
             return np.asarray(sts[name].encode(sample, batch_size=args.batch_size, convert_to_numpy=True), np.float32)
         return systems[name].encode(sample, batch_size=args.batch_size)
 
-    for name in names:  # warm-up
+    warmup_s = {}
+    for name in names:  # warm-up (for compile backends: the compilation)
+        t0 = time.perf_counter()
         run(name, texts[:64])
+        warmup_s[name] = time.perf_counter() - t0
     times = {k: [] for k in names}
     vecs = {}
     for r in range(args.repeats):
@@ -86,7 +91,7 @@ def main() -> None:
     out = {
         "benchmark": "encode_speed", "passages": len(texts), "max_length": args.max_length,
         "batch_size": args.batch_size, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-        "seconds": best, "passages_per_s": {k: len(texts) / v for k, v in best.items()},
+        "seconds": best, "warmup_seconds": warmup_s, "passages_per_s": {k: len(texts) / v for k, v in best.items()},
         "speedup_vs_st": {k: best["sentence-transformers"] / best[k] for k in names if k != "sentence-transformers"},
         "min_cosine_vs_st": {k: min_cos(vecs[k]) for k in names if k != "sentence-transformers"},
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "device": device_name(),
