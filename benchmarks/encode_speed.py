@@ -8,7 +8,7 @@ whole SciFact corpus and is scored on the test queries (nDCG@10), to show what i
     python benchmarks/encode_speed.py --backends torch,onnx,onnx-int8 --repeats 2 --quality tandem-onnx-int8
     python benchmarks/encode_speed.py --backends torch,torch-bf16 --st-bf16 --quality tandem,tandem-torch-bf16
 
-``torch`` is fp32; ``compile`` runs the body through ``torch.compile``; ``-bf16`` adds tandem's bf16 autocast (``--precision bf16``; the default ``auto`` picks it
+``torch`` is fp32; ``-bf16`` adds tandem's bf16 autocast (``--precision bf16``; the default ``auto`` picks it
 where the hardware computes bf16 natively). ``--st-bf16`` adds sentence-transformers with its weights in bf16
 (``model_kwargs={"torch_dtype": torch.bfloat16}``), the way its users get bf16.
 """
@@ -32,9 +32,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--backends", default="torch", help="tandem runtimes to time: torch (fp32), torch-bf16, compile, "
-                                                        "compile-bf16 (torch.compile; compiled during the warm-up, "
-                                                        "whose time is reported apart), onnx, onnx-int8")
+    ap.add_argument("--backends", default="torch", help="tandem runtimes to time: torch (fp32), torch-bf16, onnx, "
+                                                        "onnx-int8")
     ap.add_argument("--st-bf16", action="store_true", help="also time sentence-transformers with bf16 weights")
     ap.add_argument("--quality", default="", help="comma-separated systems (e.g. tandem,tandem-onnx-int8) that also "
                                                   "index all of SciFact and are scored on its test queries")
@@ -50,7 +49,7 @@ def main() -> None:
     texts = load_corpus(os.path.join(args.data, "corpus.jsonl"))[: args.n]
     backends = args.backends.split(",")
     systems = {}
-    for b in backends:  # RUNTIME[-bf16]: torch, compile (torch.compile), onnx, onnx-int8; -bf16: bf16 autocast
+    for b in backends:  # RUNTIME[-bf16]: torch, onnx, onnx-int8; -bf16: bf16 autocast
         runtime, bf16 = b.removesuffix("-bf16"), b.endswith("-bf16")
         enc = Encoder.from_pretrained(None, max_length=args.max_length, backend=runtime,
                                       precision="bf16" if bf16 else "fp32")
@@ -70,7 +69,7 @@ def main() -> None:
         return systems[name].encode(sample, batch_size=args.batch_size)
 
     warmup_s = {}
-    for name in names:  # warm-up (for compile backends: the compilation)
+    for name in names:  # warm-up
         t0 = time.perf_counter()
         run(name, texts[:64])
         warmup_s[name] = time.perf_counter() - t0

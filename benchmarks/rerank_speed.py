@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="torch (fp32), torch-bf16, compile, compile-bf16, onnx, onnx-int8")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="torch (fp32), torch-bf16, onnx, onnx-int8")
     args = ap.parse_args()
 
     from sentence_transformers.cross_encoder import CrossEncoder
@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         Reranker.from_pretrained(None, max_length=args.max_length).save(d)
         systems = {}
-        for b in args.backends.split(","):  # RUNTIME[-bf16]: torch (fp32), compile, onnx, onnx-int8; -bf16: autocast
+        for b in args.backends.split(","):  # RUNTIME[-bf16]: torch (fp32), onnx, onnx-int8; -bf16: autocast
             ce = Reranker.from_pretrained(d).set_backend(b.removesuffix("-bf16"))
             ce.precision = "bf16" if b.endswith("-bf16") else "fp32"
             systems["tandem" if b == "torch" else f"tandem-{b}"] = ce

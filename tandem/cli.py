@@ -54,13 +54,10 @@ class Backend(str, Enum):
     torch = "torch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
-    compile = "compile"
 
 
-BackendOpt = typer.Option(Backend.torch, "--backend", help="Inference runtime of the encoder: torch, compile "
-                                                           "(torch.compile: ~1 min to compile, then faster: for "
-                                                           "large corpora), onnx (ONNX Runtime, fp32) or onnx-int8 "
-                                                           "(dynamic int8 quantisation).")
+BackendOpt = typer.Option(Backend.torch, "--backend", help="Inference runtime of the encoder: torch, onnx (ONNX "
+                                                           "Runtime, fp32) or onnx-int8 (dynamic int8 quantisation).")
 
 
 class Pooling(str, Enum):

@@ -90,19 +90,3 @@ def test_cli_precision_option_reaches_the_index(tiny_dataset, tiny_model_dir, tm
                env={"TANDEM_PRECISION": ""})
         info = read_json(out / "manifest.json")
         assert (info.get("info") or info)["precision"] == precision, info
-
-
-def test_compile_backend_matches_eager(tiny_encoder, tiny_model_dir):
-    """--backend compile: the body through torch.compile gives the eager vectors and scores; nothing extra is saved."""
-    v_eager = tiny_encoder.encode(TEXTS)
-    tiny_encoder.set_backend("compile")
-    assert tiny_encoder.backend == "compile" and tiny_encoder._compiled is not None
-    assert not any("_compiled" in k for k in tiny_encoder.state_dict())
-    v = tiny_encoder.encode(TEXTS)
-    np.testing.assert_allclose(v, v_eager, rtol=1e-4, atol=1e-5)
-    ce = Reranker.from_pretrained(str(tiny_model_dir), max_length=48)
-    pairs = [(TEXTS[0], t) for t in TEXTS]
-    s_eager = ce.predict(pairs)
-    np.testing.assert_allclose(ce.set_backend("compile").predict(pairs), s_eager, rtol=1e-4, atol=1e-5)
-    ce.set_backend("torch")
-    assert ce._compiled is None

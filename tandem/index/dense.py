@@ -29,7 +29,7 @@ def encoder_info(encoder: Encoder) -> dict:
     name = encoder.name
     if Path(name).is_dir():
         name = str(Path(name).resolve())
-    numerics = (resolve_precision(encoder.precision, encoder.device) if encoder.backend in ("torch", "compile")
+    numerics = (resolve_precision(encoder.precision, encoder.device) if encoder.backend == "torch"
                 else encoder.backend)  # fp32 / bf16 (PyTorch), or onnx / onnx-int8
     return {"model": name, "model_fingerprint": model_fingerprint(encoder.name), "pooling": s.pooling,
             "normalize": s.normalize, "max_length": s.max_length, "prefix": s.prefix, "dim": encoder.dim,

@@ -133,17 +133,12 @@ class Encoder(nn.Module):
         return enc.set_backend(backend)
 
     def set_backend(self, backend: str) -> "Encoder":
-        """Run inference (``encode``) in PyTorch (``torch``; ``compile``: the body through ``torch.compile``,
-        compiled on first use, ~1 min on a CPU, then faster) or ONNX Runtime (``onnx``, ``onnx-int8``)."""
+        """Run inference (``encode``) in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``)."""
         from tandem.models.onnx_backend import runtime
         from tandem.utils import inference_device
 
-        torch_backend = backend in ("torch", "compile")
-        self.to(inference_device() if torch_backend else "cpu")  # ONNX Runtime runs on the CPU here
+        self.to(inference_device() if backend == "torch" else "cpu")  # ONNX Runtime runs on the CPU here
         self.runtime, self.backend = runtime(self.backbone, self.name, backend), backend
-        # kept out of the module tree (no state_dict keys); dynamic shapes: batches differ in length
-        compiled = torch.compile(self.backbone, dynamic=True) if backend == "compile" else None
-        object.__setattr__(self, "_compiled", compiled)
         return self
 
     @property
@@ -172,8 +167,6 @@ class Encoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **kwargs) -> EncoderOutput:
         if self.runtime is not None and not torch.is_grad_enabled():
             out = self.runtime(input_ids, attention_mask)
-        elif getattr(self, "_compiled", None) is not None and not torch.is_grad_enabled():
-            out = self._compiled(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         else:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         reps = pool(out.last_hidden_state.float(), attention_mask, self.settings.pooling)  # (B, H), fp32 under autocast

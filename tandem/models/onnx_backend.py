@@ -22,7 +22,7 @@ from tandem.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "compile")  # compile: PyTorch with torch.compile (tandem.models.encoder)
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def cache_dir() -> Path:
@@ -125,11 +125,10 @@ def weights_key(name: str, module: torch.nn.Module) -> str:
 
 
 def runtime(module: torch.nn.Module, name: str, backend: str, classifier: bool = False) -> OnnxBody | None:
-    """The inference runtime for ``backend``: None for PyTorch (torch, compile), else the cached ONNX export of
-    ``module``."""
-    if backend in ("torch", "compile"):
+    """The inference runtime for ``backend``: None for torch, else the cached ONNX export of ``module``."""
+    if backend == "torch":
         return None
-    if backend not in BACKENDS:
+    if backend not in BACKENDS[1:]:
         raise TandemError(f"backend must be one of {BACKENDS}, got {backend!r}")
     try:
         import onnxruntime  # noqa: F401

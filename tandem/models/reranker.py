@@ -49,19 +49,14 @@ class Reranker(nn.Module):
         self.precision: str | None = None  # inference precision (auto, fp32, bf16); None: $TANDEM_PRECISION or auto
 
     def set_backend(self, backend: str) -> "Reranker":
-        """Score pairs in PyTorch (``torch``; ``compile``: through ``torch.compile``, compiled on first use) or
-        ONNX Runtime (``onnx``, ``onnx-int8``); training stays in plain PyTorch."""
+        """Score pairs in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``); training stays in PyTorch."""
         if backend != "torch" and self.settings.architecture != "cross":
-            raise TandemError(f"the {backend} backend runs plain cross-encoders; this re-ranker is "
-                              f"{self.settings.architecture!r}")
+            raise TandemError(f"the ONNX backend runs plain cross-encoders; this re-ranker is {self.settings.architecture!r}")
         from tandem.models.onnx_backend import runtime
         from tandem.utils import inference_device
 
-        torch_backend = backend in ("torch", "compile")
-        self.to(inference_device() if torch_backend else "cpu")  # ONNX Runtime runs on the CPU here
+        self.to(inference_device() if backend == "torch" else "cpu")  # ONNX Runtime runs on the CPU here
         self.runtime, self.backend = runtime(self.model, self.name, backend, classifier=True), backend
-        compiled = torch.compile(self.model, dynamic=True) if backend == "compile" else None
-        object.__setattr__(self, "_compiled", compiled)  # kept out of the module tree
         return self
 
     @classmethod
@@ -114,8 +109,6 @@ class Reranker(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         if self.runtime is not None and not torch.is_grad_enabled():
             out = self.runtime(input_ids, attention_mask, token_type_ids)
-        elif getattr(self, "_compiled", None) is not None and not torch.is_grad_enabled():
-            out = self._compiled(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         else:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.logits.squeeze(-1)  # (N,)
