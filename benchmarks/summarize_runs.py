@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     found = collect(args.roots)
     cols = (["retriever nDCG@10", "RR@10", "R@100"] if args.retriever else []) + \
-        [f"re-ranked {f} nDCG@10" for f in args.first] + ["train s", "seeds"]
+        [f"re-ranked {f} {m}" for f in args.first for m in ("nDCG@10", "RR@10")] + ["train s", "seeds"]
     print("| variant | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name in args.variants or sorted(found):
@@ -54,8 +54,8 @@ def main() -> None:
         cells = []
         if args.retriever:
             cells += [cell([r["test"][k] for r in rows if "test" in r]) for k in ("nDCG@10", "RR@10", "R@100")]
-        cells += [cell([r["rerank"][f]["reranked"]["nDCG@10"] for r in rows if f in r.get("rerank", {})])
-                  for f in args.first]
+        cells += [cell([r["rerank"][f]["reranked"][m] for r in rows if f in r.get("rerank", {})])
+                  for f in args.first for m in ("nDCG@10", "RR@10")]
         cells += [f"{statistics.mean(r['train_seconds'] for r in rows):.0f}" if rows else "-",
                   ",".join(str(s) for s in sorted(seeds)) or "-"]
         print(f"| {name} | " + " | ".join(cells) + " |")
