@@ -33,6 +33,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 CPU_RATES = {"encode_per_s": 60.0, "train_seq_per_s": 11.0, "rerank_pairs_per_s": 40.0}
 # the same CPU in bf16 (precision auto on a CPU with AVX-512 BF16): the demo's stages, 2026-11-26
 CPU_RATES_BF16 = {"encode_per_s": 110.0, "train_seq_per_s": 16.0, "rerank_pairs_per_s": 62.0}
+HYBRID_EXTRA_PAIRS = 1.45
 
 
 def default_rates() -> dict[str, float]:
@@ -40,7 +41,6 @@ def default_rates() -> dict[str, float]:
     from tandem.utils import resolve_precision
 
     return dict(CPU_RATES_BF16 if resolve_precision(None, "cpu") == "bf16" else CPU_RATES)
-HYBRID_EXTRA_PAIRS = 1.45
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,11 @@ class RecipeConfig:
                 "reranker_max_length": self.reranker_max_length, "seed": self.seed,
                 "heldout_fraction": self.heldout_fraction, "eval_every": self.eval_every,
                 "reranker_arch": self.reranker_arch, **(self.train or {}), **own}
+
+    @property
+    def warmup_is_retriever_only(self) -> bool:
+        """The retriever warm-up is indexed and reported as `retriever-only` (no separate baseline asked)."""
+        return bool(self.retriever_warmup_steps and not self.retriever_only_steps and self.index_retriever_warmup)
 
     def stage_shape(self, stage: str) -> tuple[int, int]:
         """(lists per step, passages per list) of a training stage."""
@@ -216,7 +221,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
         est["retriever-warmup"] = cfg.retriever_warmup_steps * rb * (rl + cfg.query_max_length / cfg.max_length) / seq + 20
     if cfg.retriever_only_steps:
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
-    elif cfg.retriever_warmup_steps and cfg.index_retriever_warmup:
+    elif cfg.warmup_is_retriever_only:
         est["retriever-warmup-index"] = n_passages / enc + 10
     order = ["bm25", "zs-index", "zero-shot", "lists", "retriever-warmup", "warmup", "denoise", "joint",
              "joint-index", "hybrid", "rerank", "retriever-warmup-index", "retriever-only"]  # as they run
@@ -407,7 +412,7 @@ class _Runner:
         self._headline("joint-retriever+reranker", "rerank/run.trec")
         if both:
             self._headline("hybrid+reranker", "rerank/hybrid.trec")
-        if self._warmup_is_retriever_only():  # last: the main systems are done if the budget runs out
+        if self.cfg.warmup_is_retriever_only:  # last: the main systems are done if the budget runs out
             st.run("retriever-warmup-index", {},
                    lambda d: self._index_and_search(out / "retriever-warmup" / "retriever", d, tq),
                    after=("retriever-warmup",))
@@ -419,10 +424,6 @@ class _Runner:
                    lambda d: self._index_and_search(out / "retriever-only" / "retriever", d, tq),
                    after=("retriever-only",))
             self._headline("retriever-only", "retriever-only-index/run.trec")
-
-    def _warmup_is_retriever_only(self) -> bool:
-        cfg = self.cfg
-        return bool(cfg.retriever_warmup_steps and not cfg.retriever_only_steps and cfg.index_retriever_warmup)
 
     def _evaluate(self, run_file: str) -> dict[str, float]:
         """Test metrics of a run file under ``out`` (each file is read and scored once per invocation)."""
@@ -488,7 +489,7 @@ class _Runner:
         if self.cfg.retriever_only_steps:
             chains["retriever-only"] = ("retriever-only-index/run.trec",
                                         ["zs-index", *lists, "retriever-only", "retriever-only-index"])
-        elif self._warmup_is_retriever_only():
+        elif self.cfg.warmup_is_retriever_only:
             chains["retriever-only"] = ("retriever-warmup-index/run.trec",
                                         ["zs-index", "lists", "retriever-warmup", "retriever-warmup-index"])
         systems = {}

@@ -11,6 +11,7 @@ from tandem.errors import ConfigError
 from tandem.settings import describe as _describe
 from tandem.settings import load_settings
 from tandem.settings import setting as _f
+from tandem.utils import PRECISIONS
 
 MODES = ("joint", "static", "retriever", "reranker")
 
@@ -88,7 +89,7 @@ class TrainConfig:
             (0 <= self.pseudo_positive_prob <= 1, "pseudo_positive_prob must be in [0, 1]"),
             (not self.kl_gate or self.heldout_fraction > 0, "kl_gate needs heldout_fraction > 0"),
             (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
-            (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
+            (self.precision in PRECISIONS, "precision must be auto, fp32 or bf16"),
         ]
         for ok, msg in checks:
             if not ok:
