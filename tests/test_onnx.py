@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -29,10 +31,24 @@ def test_onnx_fp32_matches_torch_and_int8_stays_close(tiny_model_dir, cache):
     cos = (int8 * ref).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.95 and not np.allclose(int8, ref, atol=1e-6)  # quantised, and close
     files = sorted(p.name for p in cache.rglob("*.onnx"))
-    assert files == ["model-int8-pc.onnx", "model.onnx"]
-    mtime = next(cache.rglob("model.onnx")).stat().st_mtime_ns
+    assert files == ["model-eager-int8-pc.onnx", "model-eager-nomask-int8-pc.onnx", "model-eager-nomask.onnx",
+                     "model-eager.onnx"]
+    plain = next(cache.rglob("model-eager.onnx"))
+    mtime = plain.stat().st_mtime_ns
     Encoder.from_pretrained(str(tiny_model_dir), max_length=32, backend="onnx")  # cached: not exported again
-    assert next(cache.rglob("model.onnx")).stat().st_mtime_ns == mtime
+    assert plain.stat().st_mtime_ns == mtime
+    # traced with eager attention (no SDPA NaN guards over the score matrices), and the PyTorch model keeps SDPA
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(plain)).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops
+    assert torch_enc.backbone.config._attn_implementation == onnx_enc.backbone.config._attn_implementation == "sdpa"
+    # batches without padding run the graph traced without the mask: the same vectors
+    unmasked, calls = onnx_enc.runtime.unmasked, []
+    onnx_enc.runtime.unmasked = SimpleNamespace(run=lambda *a: calls.append(1) or unmasked.run(*a))
+    full = ["heart " * 40, "kidney brain " * 30, "glucose " * 50, "x"]  # the first three fill 32 tokens
+    np.testing.assert_allclose(onnx_enc.encode(full, batch_size=2), torch_enc.encode(full), rtol=1e-4, atol=1e-5)
+    assert len(calls) == 1  # the padded batch (a full passage and "x") ran the masked graph
     # training still runs in PyTorch, with gradients
     onnx_enc.train()
     reps = onnx_enc.embed(TEXTS[:2])
