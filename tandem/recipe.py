@@ -130,10 +130,17 @@ def shipped_config(name: str) -> Path:
 
 
 class Stages:
-    """Runs named stages once; a stage whose ``done.json`` records the same settings is skipped."""
+    """Runs named stages once; a stage whose ``done.json`` records the same settings is skipped.
+
+    The numeric precision this process runs models at (``--precision`` / ``TANDEM_PRECISION``) is part
+    of every stage's settings: an fp32 run does not reuse the stages of a bf16 one.
+    """
 
     def __init__(self, out: Path, plan: dict[str, float] | None = None, rank: int = 0):
+        from tandem.utils import inference_device, resolve_precision
+
         self.out = out
+        self.precision = resolve_precision(None, inference_device())
         self.seconds: dict[str, float] = {}
         self.keys: dict[str, str] = {}
         self.plan = plan or {}
@@ -150,8 +157,8 @@ class Stages:
         from tandem.train.distributed import barrier
 
         barrier()
-        key_src = json.dumps({"settings": settings, "after": [self.keys[a] for a in after]}, sort_keys=True,
-                             default=str)
+        key_src = json.dumps({"settings": settings, "after": [self.keys[a] for a in after],
+                              "precision": self.precision}, sort_keys=True, default=str)
         key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self.keys[name] = key
         stage_dir = self.out / name

@@ -187,3 +187,14 @@ def test_peer_results_join_the_report_as_rows(tmp_path):
     md = render_markdown(report)
     assert "| peer:st-mnrl | 0.6547 | 0.6120 | 0.9317 | 129 |" in md
     assert "| peer:bm25+st-cross | 0.1989 | 0.1170 | - | 138 |" in md and "`peer:` rows" in md
+
+
+def test_a_stage_reruns_when_the_precision_changes(tmp_path, monkeypatch):
+    from tandem.recipe import Stages
+
+    ran = []
+    for precision, expect in [("fp32", 1), ("fp32", 1), ("bf16", 2), ("bf16", 2)]:
+        monkeypatch.setenv("TANDEM_PRECISION", precision)
+        Stages(tmp_path).run("enc", {"model": "m"}, lambda d: ran.append(precision))
+        assert len(ran) == expect  # the same settings at the same precision: skipped
+    assert ran == ["fp32", "bf16"]
