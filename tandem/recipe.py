@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +64,10 @@ class RecipeConfig:
     index_retriever_warmup: bool = _f(True, "with retriever_warmup_steps and no retriever-only baseline: index the "
                                             "warm-up retriever (trained alone) and report it as `retriever-only`, "
                                             "so the report shows what the joint stage adds to it")
+    retriever_only_equal_steps: bool = _f(False, "with retriever_warmup_steps: the `retriever-only` row continues the "
+                                                 "warm-up alone for joint_steps on the joint's lists in the joint "
+                                                 "stage's shape (its own listwise CE in place of CE + KL): the joint "
+                                                 "retriever's budget, step for step")
     peers: str = _f("", "result.json of benchmarks/peers_scifact.py: its systems join the report as peer rows")
     denoise: bool = _f(True, "denoise the lists with the warmed-up re-ranker (hybrid lists: undenoised + denoised "
                              "pools, pseudo-positives) before joint training")
@@ -106,9 +110,17 @@ class RecipeConfig:
                 "reranker_arch": self.reranker_arch, **(self.train or {}), **own}
 
     @property
-    def warmup_is_retriever_only(self) -> bool:
-        """The retriever warm-up is indexed and reported as `retriever-only` (no separate baseline asked)."""
-        return bool(self.retriever_warmup_steps and not self.retriever_only_steps and self.index_retriever_warmup)
+    def retriever_only(self) -> str:
+        """Where the `retriever-only` row comes from: ``steps`` (trained alone from the start model for
+        retriever_only_steps), ``equal-steps`` (the warm-up continued alone for joint_steps), ``warmup`` (the
+        warm-up itself) or ``""`` (no such row)."""
+        if self.retriever_only_steps:
+            return "steps"
+        if self.retriever_warmup_steps and self.retriever_only_equal_steps:
+            return "equal-steps"
+        if self.retriever_warmup_steps and self.index_retriever_warmup:
+            return "warmup"
+        return ""
 
     def stage_shape(self, stage: str) -> tuple[int, int]:
         """(lists per step, passages per list) of a training stage."""
@@ -226,12 +238,16 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
         rb, rl = cfg.stage_shape("retriever-warmup")
         # a query costs query_max_length / max_length of a passage
         est["retriever-warmup"] = cfg.retriever_warmup_steps * rb * (rl + cfg.query_max_length / cfg.max_length) / seq + 20
-    if cfg.retriever_only_steps:
+    if cfg.retriever_only == "steps":
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
-    elif cfg.warmup_is_retriever_only:
+    elif cfg.retriever_only == "equal-steps":  # the joint stage's retriever half, then an index
+        est["retriever-alone"] = cfg.joint_steps * jb * (jl + cfg.query_max_length / cfg.max_length) / seq + 20
+        est["retriever-alone-index"] = n_passages / enc + 10
+    elif cfg.retriever_only == "warmup":
         est["retriever-warmup-index"] = n_passages / enc + 10
     order = ["bm25", "zs-index", "zero-shot", "lists", "retriever-warmup", "warmup", "denoise", "joint",
-             "joint-index", "hybrid", "rerank", "retriever-warmup-index", "retriever-only"]  # as they run
+             "joint-index", "hybrid", "rerank", "retriever-warmup-index", "retriever-alone", "retriever-alone-index",
+             "retriever-only"]  # as they run
     return {k: est[k] for k in sorted(est, key=lambda k: order.index(k) if k in order else len(order))}
 
 
@@ -273,7 +289,9 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
     return {"warmup": states + acts("warmup", 0, cfg.reranker_max_length), "joint": joint,
             "zs-index": vectors + 4 * params, "joint-index": vectors + 4 * params, "denoise": 4 * params,
             "rerank": 4 * params, **({"retriever-only": states + acts("", 1, cfg.max_length)}
-                                     if cfg.retriever_only_steps else {}),
+                                     if cfg.retriever_only == "steps" else {}),
+            **({"retriever-alone": states + acts("joint", 1, cfg.max_length)}
+               if cfg.retriever_only == "equal-steps" else {}),
             **({"retriever-warmup": states + acts("retriever-warmup", 1, cfg.max_length)}
                if cfg.retriever_warmup_steps else {})}
 
@@ -419,12 +437,19 @@ class _Runner:
         self._headline("joint-retriever+reranker", "rerank/run.trec")
         if both:
             self._headline("hybrid+reranker", "rerank/hybrid.trec")
-        if self.cfg.warmup_is_retriever_only:  # last: the main systems are done if the budget runs out
+        if cfg.retriever_only == "warmup":  # last: the main systems are done if the budget runs out
             st.run("retriever-warmup-index", {},
                    lambda d: self._index_and_search(out / "retriever-warmup" / "retriever", d, tq),
                    after=("retriever-warmup",))
             self._headline("retriever-only", "retriever-warmup-index/run.trec")
-        if cfg.retriever_only_steps:
+        if cfg.retriever_only == "equal-steps":  # the joint stage's settings, the retriever's own loss alone
+            self._train("retriever-alone", "retriever", cfg.joint_steps, str(out / "retriever-warmup" / "retriever"),
+                        None, after=(lists_stage, "retriever-warmup"), lists=lists_stage, shape_of="joint")
+            st.run("retriever-alone-index", {},
+                   lambda d: self._index_and_search(out / "retriever-alone" / "retriever", d, tq),
+                   after=("retriever-alone",))
+            self._headline("retriever-only", "retriever-alone-index/run.trec")
+        if cfg.retriever_only == "steps":
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
             st.run("retriever-only-index", {},
@@ -460,10 +485,13 @@ class _Runner:
         index, enc = load_index_and_encoder(d / "index")
         write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=self.progress))
 
-    def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists") -> None:
+    def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists",
+               shape_of: str = "") -> None:
+        """A training stage; ``shape_of`` takes another stage's own settings (``joint``: its lists, batch, loss
+        options) in place of this one's."""
         from tandem.train import train
 
-        overrides = self.cfg.train_overrides(mode, steps, name)
+        overrides = self.cfg.train_overrides(mode, steps, shape_of or name)
 
         def fn(d: Path) -> None:
             result = train(self.data_dir, d, lists=self.out / lists / "lists.jsonl",
@@ -493,10 +521,15 @@ class _Runner:
             chains["hybrid"] = ("hybrid/run.trec", ["bm25", *joint, "hybrid"])
             if self.cfg.hybrid_rerank:
                 chains["hybrid+reranker"] = ("rerank/hybrid.trec", ["bm25", *joint, "hybrid", "rerank"])
-        if self.cfg.retriever_only_steps:
+        source = self.cfg.retriever_only
+        if source == "steps":
             chains["retriever-only"] = ("retriever-only-index/run.trec",
                                         ["zs-index", *lists, "retriever-only", "retriever-only-index"])
-        elif self.cfg.warmup_is_retriever_only:
+        elif source == "equal-steps":
+            chains["retriever-only"] = ("retriever-alone-index/run.trec",
+                                        ["zs-index", *lists, "retriever-warmup", "retriever-alone",
+                                         "retriever-alone-index"])
+        elif source == "warmup":
             chains["retriever-only"] = ("retriever-warmup-index/run.trec",
                                         ["zs-index", "lists", "retriever-warmup", "retriever-warmup-index"])
         systems = {}
@@ -505,7 +538,7 @@ class _Runner:
                              "run": str(self.out / run_file)}
         systems.update(peer_rows(self.cfg.peers))
         curves = {}
-        for stage in ("retriever-warmup", "warmup", "joint", "retriever-only"):
+        for stage in ("retriever-warmup", "warmup", "joint", "retriever-only", "retriever-alone"):
             path = self.out / stage / "metrics.jsonl"
             if path.exists():
                 curves[stage] = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
@@ -537,6 +570,23 @@ def _cell(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _retriever_only_sentence(cfg: dict[str, Any]) -> str:
+    """What the report's `retriever-only` row is, from the run's recorded config."""
+    known = {f.name for f in fields(RecipeConfig)}
+    source = RecipeConfig(**{k: v for k, v in cfg.items() if k in known}).retriever_only
+    joint, warm = cfg.get("joint_steps"), cfg.get("retriever_warmup_steps")
+    return {
+        "steps": f" `retriever-only`: the retriever trained alone on the joint lists ({cfg.get('retriever_only_steps')} "
+                 "steps).",
+        "equal-steps": f" `retriever-only`: the retriever warm-up ({warm} steps) continued alone for the joint "
+                       f"stage's {joint} steps on the joint's lists and settings (its own listwise CE in place of CE + "
+                       "KL): the joint retriever's budget, step for step.",
+        "warmup": f" `retriever-only`: the retriever warm-up ({warm} steps, trained alone), from which joint training "
+                  f"starts; the joint retriever has trained {joint} steps more, so this is not an equal-budget "
+                  "baseline (`retriever_only_equal_steps=true` adds one).",
+    }.get(source, "")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [f"# tandem report: {Path(str(report['data'])).name} ({report['split']}, {report['queries']} queries)", "",
@@ -565,11 +615,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     else f"candidates; below p = {cfg['low']}")
                  + f" they form the denoised pool, above {cfg['high']} they become "
                  "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else "")
-              + (f" `retriever-only`: the retriever warm-up ({cfg['retriever_warmup_steps']} steps, trained alone), "
-                 "from which joint training starts." if cfg.get("retriever_warmup_steps")
-                 and not cfg.get("retriever_only_steps") and cfg.get("index_retriever_warmup", True) else "")
-              + (f" `retriever-only`: the retriever trained alone on the joint lists ({cfg['retriever_only_steps']} "
-                 "steps)." if cfg.get("retriever_only_steps") else ""), "",
+              + _retriever_only_sentence(cfg), "",
               "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
     lines += ["", f"Total wall time: {report['total_seconds']:.0f} s.", "",

@@ -164,6 +164,24 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     assert "`retriever-only`: the retriever warm-up (2 steps" in (out / "report.md").read_text()
     plan = run_recipe(cfg, out, dry_run=True)["plan_seconds"]
     assert plan["retriever-warmup"] > 0 and plan["retriever-warmup-index"] > 0
+    assert "not an equal-budget baseline" in (out / "report.md").read_text()
+    # retriever_only_equal_steps: the warm-up continued alone for the joint's steps, in the joint stage's shape
+    equal = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_steps=2, denoise=False, hybrid=False, joint_steps=3,
+                 retriever_warmup_train={"list_size": 2, "batch_size": 4, "in_batch_negatives": True},
+                 joint_train={"batch_size": 3, "retriever_ce_weight": 1.0}, retriever_only_equal_steps=True)
+    report = run_recipe(equal, out, progress=False)
+    alone = json.loads((out / "retriever-alone" / "config.json").read_text())
+    joint = json.loads((out / "joint" / "config.json").read_text())
+    assert alone["mode"] == "retriever" and joint["mode"] == "joint"
+    assert {k: alone[k] for k in ("max_steps", "batch_size", "list_size", "seed")} == \
+        {k: joint[k] for k in ("max_steps", "batch_size", "list_size", "seed")} == \
+        {"max_steps": 3, "batch_size": 3, "list_size": 4, "seed": equal.seed}
+    done = json.loads((out / "retriever-alone" / "done.json").read_text())["settings"]
+    assert done["retriever"] == str(warm / "retriever")
+    assert report["systems"]["retriever-only"]["run"] == str(out / "retriever-alone-index" / "run.trec")
+    assert "step for step" in (out / "report.md").read_text() and "retriever-alone" in report["curves"]
+    plan = run_recipe(equal, out, dry_run=True)["plan_seconds"]
+    assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0 and "retriever-warmup-index" not in plan
 
 
 def test_peer_results_join_the_report_as_rows(tmp_path):

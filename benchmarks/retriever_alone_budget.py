@@ -1,0 +1,84 @@
+"""Joint vs alone at equal budget: continue each demo run's retriever warm-up *alone* for the joint stage's steps.
+
+The demo reports its retriever warm-up as `retriever-only`, but the joint retriever trained for the warm-up's
+steps plus the joint stage's. This gives the retriever alone the same second stage: the same lists (the joint's,
+denoised), shape, steps, learning rate, lengths, in-batch negatives, held-out split and seed, with the
+retriever's listwise cross-entropy alone in place of joint's CE + KL from the re-ranker. Each result is indexed
+and searched like the recipe's systems and scored on the test queries next to the run's own rows.
+
+    python benchmarks/retriever_alone_budget.py runs/demo-b1 runs/demo-b2 runs/demo-b3 [--out runs/alone-budget]
+
+Writes OUT/<run name>/{retriever,index,run.trec} and prints a Markdown table (mean +- std over the runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def continue_alone(run: Path, out: Path) -> dict:
+    from tandem.data import load_beir, write_run
+    from tandem.eval.metrics import evaluate
+    from tandem.index.dense import build_index, dense_search, load_index_and_encoder
+    from tandem.models.retriever import Retriever
+    from tandem.train import train
+
+    recipe = json.loads((run / "recipe.json").read_text())
+    joint = json.loads((run / "joint" / "config.json").read_text())
+    lists = run / ("denoise" if recipe.get("denoise") else "lists") / "lists.jsonl"
+    keep = ("list_size", "batch_size", "max_steps", "lr_retriever", "weight_decay", "warmup_ratio", "max_grad_norm",
+            "temperature", "in_batch_negatives", "query_max_length", "passage_max_length", "denoised_share",
+            "pseudo_positive_prob", "shared_towers", "seed", "heldout_fraction", "precision")
+    overrides = {k: joint[k] for k in keep} | {"mode": "retriever", "eval_every": 0}
+    t0 = time.perf_counter()
+    if not (out / "retriever").exists():
+        train(recipe["data_dir"], out, lists=lists, retriever=str(run / "retriever-warmup" / "retriever"),
+              overrides=overrides, resume=True, progress=False)
+    train_s = time.perf_counter() - t0
+    test = load_beir(recipe["data_dir"], recipe.get("eval_split", "test"))
+    if not (out / "run.trec").exists():
+        r = Retriever.from_pretrained(out / "retriever")
+        build_index(test.corpus, out / "index", r.passage_tower(), progress=False)
+        index, enc = load_index_and_encoder(out / "index")
+        write_run(out / "run.trec", dense_search(index, enc, test.queries, 1000, progress=False))
+    from tandem.data import read_run
+
+    scores = {"alone, continued (equal steps)": evaluate(read_run(out / "run.trec"), test.qrels)}
+    report = json.loads((run / "report.json").read_text())["systems"]
+    for name in ("retriever-only", "joint-retriever"):
+        if name in report:
+            scores[name] = report[name]
+    return {"scores": scores, "train_s": train_s, "steps": joint["max_steps"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", help="recipe output directories (demo runs with retriever-warmup and joint)")
+    ap.add_argument("--out", default="runs/alone-budget")
+    args = ap.parse_args()
+    results = [continue_alone(Path(r), Path(args.out) / Path(r).name) for r in args.runs]
+    names = ["retriever-only", "alone, continued (equal steps)", "joint-retriever"]
+    print(f"| retriever (n={len(results)}) | nDCG@10 | RR@10 | R@100 | per run nDCG@10 |\n|---|---|---|---|---|")
+    for name in names:
+        rows = [r["scores"][name] for r in results if name in r["scores"]]
+        if not rows:
+            continue
+        cols = []
+        for m in ("nDCG@10", "RR@10", "R@100"):
+            xs = [row[m] for row in rows]
+            cols.append(f"{xs[0]:.4f}" if len(xs) == 1 else f"{statistics.mean(xs):.4f} +- {statistics.stdev(xs):.4f}")
+        per = " / ".join(f"{row['nDCG@10']:.4f}" for row in rows)
+        print(f"| {name} | {' | '.join(cols)} | {per} |")
+    diffs = [r["scores"]["joint-retriever"]["nDCG@10"] - r["scores"]["alone, continued (equal steps)"]["nDCG@10"]
+             for r in results if "joint-retriever" in r["scores"]]
+    print(f"\njoint minus alone (equal steps), nDCG@10 per run: {', '.join(f'{d:+.4f}' for d in diffs)}")
+    for path, r in zip(args.runs, results):
+        print(f"{path}: {r['steps']} steps alone in {r['train_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
