@@ -9,6 +9,8 @@ and searched like the recipe's systems and scored on the test queries next to th
     python benchmarks/retriever_alone_budget.py runs/demo-b1 runs/demo-b2 runs/demo-b3 [--out runs/alone-budget]
 
 Writes OUT/<run name>/{retriever,index,run.trec} and prints a Markdown table (mean +- std over the runs).
+``--mode joint --set kl_weight=0.25`` instead re-runs the joint stage from the same warm-ups with changed
+settings (a variant of joint training, against the same two rows).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 
-def continue_alone(run: Path, out: Path) -> dict:
+def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | None = None) -> dict:
     from tandem.data import load_beir, write_run
     from tandem.eval.metrics import evaluate
     from tandem.index.dense import build_index, dense_search, load_index_and_encoder
@@ -33,10 +35,13 @@ def continue_alone(run: Path, out: Path) -> dict:
     keep = ("list_size", "batch_size", "max_steps", "lr_retriever", "weight_decay", "warmup_ratio", "max_grad_norm",
             "temperature", "in_batch_negatives", "query_max_length", "passage_max_length", "denoised_share",
             "pseudo_positive_prob", "shared_towers", "seed", "heldout_fraction", "precision")
-    overrides = {k: joint[k] for k in keep} | {"mode": "retriever", "eval_every": 0}
+    if mode == "joint":  # the joint stage's own settings, then the variant's
+        keep = tuple(k for k in joint if k not in ("eval_every", "save_every", "device", "log_every"))
+    overrides = {k: joint[k] for k in keep} | {"mode": mode, "eval_every": 0} | (sets or {})
     t0 = time.perf_counter()
     if not (out / "retriever").exists():
         train(recipe["data_dir"], out, lists=lists, retriever=str(run / "retriever-warmup" / "retriever"),
+              reranker=str(run / "warmup" / "reranker") if mode == "joint" else None,
               overrides=overrides, resume=True, progress=False)
     train_s = time.perf_counter() - t0
     test = load_beir(recipe["data_dir"], recipe.get("eval_split", "test"))
@@ -47,7 +52,7 @@ def continue_alone(run: Path, out: Path) -> dict:
         write_run(out / "run.trec", dense_search(index, enc, test.queries, 1000, progress=False))
     from tandem.data import read_run
 
-    scores = {"alone, continued (equal steps)": evaluate(read_run(out / "run.trec"), test.qrels)}
+    scores = {ROW: evaluate(read_run(out / "run.trec"), test.qrels)}
     report = json.loads((run / "report.json").read_text())["systems"]
     for name in ("retriever-only", "joint-retriever"):
         if name in report:
@@ -55,13 +60,22 @@ def continue_alone(run: Path, out: Path) -> dict:
     return {"scores": scores, "train_s": train_s, "steps": joint["max_steps"]}
 
 
+ROW = "this script's retriever"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="recipe output directories (demo runs with retriever-warmup and joint)")
     ap.add_argument("--out", default="runs/alone-budget")
+    ap.add_argument("--mode", default="retriever", choices=["retriever", "joint"],
+                    help="retriever: the warm-up continued alone; joint: the joint stage again, with --set changes")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting to change")
     args = ap.parse_args()
-    results = [continue_alone(Path(r), Path(args.out) / Path(r).name) for r in args.runs]
-    names = ["retriever-only", "alone, continued (equal steps)", "joint-retriever"]
+    sets = dict(kv.split("=", 1) for kv in args.set)
+    results = [continue_alone(Path(r), Path(args.out) / Path(r).name, args.mode, sets) for r in args.runs]
+    label = "alone at equal steps" if args.mode == "retriever" and not sets else \
+        f"{args.mode} {' '.join(args.set)}".strip()
+    names = ["retriever-only", ROW, "joint-retriever"]
     print(f"| retriever (n={len(results)}) | nDCG@10 | RR@10 | R@100 | per run nDCG@10 |\n|---|---|---|---|---|")
     for name in names:
         rows = [r["scores"][name] for r in results if name in r["scores"]]
@@ -72,12 +86,12 @@ def main() -> None:
             xs = [row[m] for row in rows]
             cols.append(f"{xs[0]:.4f}" if len(xs) == 1 else f"{statistics.mean(xs):.4f} +- {statistics.stdev(xs):.4f}")
         per = " / ".join(f"{row['nDCG@10']:.4f}" for row in rows)
-        print(f"| {name} | {' | '.join(cols)} | {per} |")
-    diffs = [r["scores"]["joint-retriever"]["nDCG@10"] - r["scores"]["alone, continued (equal steps)"]["nDCG@10"]
+        print(f"| {label if name == ROW else name} | {' | '.join(cols)} | {per} |")
+    diffs = [r["scores"]["joint-retriever"]["nDCG@10"] - r["scores"][ROW]["nDCG@10"]
              for r in results if "joint-retriever" in r["scores"]]
-    print(f"\njoint minus alone (equal steps), nDCG@10 per run: {', '.join(f'{d:+.4f}' for d in diffs)}")
+    print(f"\njoint-retriever minus {label}, nDCG@10 per run: {', '.join(f'{d:+.4f}' for d in diffs)}")
     for path, r in zip(args.runs, results):
-        print(f"{path}: {r['steps']} steps alone in {r['train_s']:.0f} s")
+        print(f"{path}: {r['steps']} steps ({args.mode}) in {r['train_s']:.0f} s")
 
 
 if __name__ == "__main__":
