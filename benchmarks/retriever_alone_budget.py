@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 
-def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | None = None) -> dict:
+def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | None = None,
+                   teacher_steps: int = 0) -> dict:
     from tandem.data import load_beir, write_run
     from tandem.eval.metrics import evaluate
     from tandem.index.dense import build_index, dense_search, load_index_and_encoder
@@ -38,10 +39,20 @@ def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | N
     if mode == "joint":  # the joint stage's own settings, then the variant's
         keep = tuple(k for k in joint if k not in ("eval_every", "save_every", "device", "log_every"))
     overrides = {k: joint[k] for k in keep} | {"mode": mode, "eval_every": 0} | (sets or {})
+    teacher = run / "warmup" / "reranker"
+    if teacher_steps:  # a longer re-ranker warm-up: the run's warm-up settings and lists, more steps
+        warm = json.loads((run / "warmup" / "config.json").read_text())
+        drop = ("eval_every", "save_every", "device", "log_every", "max_steps")
+        if not (out / "teacher" / "reranker").exists():
+            train(recipe["data_dir"], out / "teacher", lists=run / "lists" / "lists.jsonl",
+                  reranker=str(run / "retriever-warmup" / "retriever"), resume=True, progress=False,
+                  overrides={k: v for k, v in warm.items() if k not in drop} | {"max_steps": teacher_steps,
+                                                                                "eval_every": 0})
+        teacher = out / "teacher" / "reranker"
     t0 = time.perf_counter()
     if not (out / "retriever").exists():
         train(recipe["data_dir"], out, lists=lists, retriever=str(run / "retriever-warmup" / "retriever"),
-              reranker=str(run / "warmup" / "reranker") if mode == "joint" else None,
+              reranker=str(teacher) if mode == "joint" else None,
               overrides=overrides, resume=True, progress=False)
     train_s = time.perf_counter() - t0
     test = load_beir(recipe["data_dir"], recipe.get("eval_split", "test"))
@@ -70,11 +81,16 @@ def main() -> None:
     ap.add_argument("--mode", default="retriever", choices=["retriever", "joint"],
                     help="retriever: the warm-up continued alone; joint: the joint stage again, with --set changes")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting to change")
+    ap.add_argument("--teacher-steps", type=int, default=0,
+                    help="--mode joint: first warm the re-ranker up for this many steps (the run's warm-up settings) "
+                         "instead of starting from the run's own warm-up")
     args = ap.parse_args()
     sets = dict(kv.split("=", 1) for kv in args.set)
-    results = [continue_alone(Path(r), Path(args.out) / Path(r).name, args.mode, sets) for r in args.runs]
+    results = [continue_alone(Path(r), Path(args.out) / Path(r).name, args.mode, sets, args.teacher_steps)
+               for r in args.runs]
     label = "alone at equal steps" if args.mode == "retriever" and not sets else \
-        f"{args.mode} {' '.join(args.set)}".strip()
+        f"{args.mode} {' '.join(args.set)}".strip() + (f" teacher {args.teacher_steps} steps" if args.teacher_steps
+                                                        else "")
     names = ["retriever-only", ROW, "joint-retriever"]
     print(f"| retriever (n={len(results)}) | nDCG@10 | RR@10 | R@100 | per run nDCG@10 |\n|---|---|---|---|---|")
     for name in names:
