@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from summarize_runs import seeds_row  # benchmarks/ is on the path when a script here runs
 
 
 def main() -> None:
@@ -23,14 +24,7 @@ def main() -> None:
     n = len(reports)
     print(f"| system | nDCG@10 mean +- std (n={n}) | RR@10 | R@100 | per run nDCG@10 |\n|---|---|---|---|---|")
     for name in names:
-        rows = [r["systems"][name] for r in reports if name in r["systems"]]
-        cols = []
-        for m in ("nDCG@10", "RR@10", "R@100"):
-            xs = [row[m] for row in rows if row.get(m) is not None]
-            cols.append("-" if not xs else f"{xs[0]:.4f}" if len(xs) == 1 or len(set(xs)) == 1
-                        else f"{statistics.mean(xs):.4f} +- {statistics.stdev(xs):.4f}")
-        per = " / ".join(f"{row['nDCG@10']:.4f}" for row in rows)
-        print(f"| {name} | {' | '.join(cols)} | {per} |")
+        print(seeds_row(name, [r["systems"][name] for r in reports if name in r["systems"]]))
     print()
     for path, r in zip(args.runs, reports):
         stages = ", ".join(f"{s} {v:.0f}" for s, v in r["stage_seconds"].items())

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
+
+from summarize_runs import seeds_row  # benchmarks/ is on the path when a script here runs
 
 
 def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | None = None,
                    teacher_steps: int = 0) -> dict:
-    from tandem.data import load_beir, write_run
+    from tandem.data import load_beir, read_run
     from tandem.eval.metrics import evaluate
-    from tandem.index.dense import build_index, dense_search, load_index_and_encoder
-    from tandem.models.retriever import Retriever
+    from tandem.recipe import index_and_search
     from tandem.train import train
 
     recipe = json.loads((run / "recipe.json").read_text())
@@ -57,12 +57,7 @@ def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | N
     train_s = time.perf_counter() - t0
     test = load_beir(recipe["data_dir"], recipe.get("eval_split", "test"))
     if not (out / "run.trec").exists():
-        r = Retriever.from_pretrained(out / "retriever")
-        build_index(test.corpus, out / "index", r.passage_tower(), progress=False)
-        index, enc = load_index_and_encoder(out / "index")
-        write_run(out / "run.trec", dense_search(index, enc, test.queries, 1000, progress=False))
-    from tandem.data import read_run
-
+        index_and_search(out / "retriever", out, test.corpus, test.queries)
     scores = {ROW: evaluate(read_run(out / "run.trec"), test.qrels)}
     report = json.loads((run / "report.json").read_text())["systems"]
     for name in ("retriever-only", "joint-retriever"):
@@ -95,14 +90,8 @@ def main() -> None:
     print(f"| retriever (n={len(results)}) | nDCG@10 | RR@10 | R@100 | per run nDCG@10 |\n|---|---|---|---|---|")
     for name in names:
         rows = [r["scores"][name] for r in results if name in r["scores"]]
-        if not rows:
-            continue
-        cols = []
-        for m in ("nDCG@10", "RR@10", "R@100"):
-            xs = [row[m] for row in rows]
-            cols.append(f"{xs[0]:.4f}" if len(xs) == 1 else f"{statistics.mean(xs):.4f} +- {statistics.stdev(xs):.4f}")
-        per = " / ".join(f"{row['nDCG@10']:.4f}" for row in rows)
-        print(f"| {label if name == ROW else name} | {' | '.join(cols)} | {per} |")
+        if rows:
+            print(seeds_row(label if name == ROW else name, rows))
     diffs = [r["scores"]["joint-retriever"]["nDCG@10"] - r["scores"][ROW]["nDCG@10"]
              for r in results if "joint-retriever" in r["scores"]]
     print(f"\njoint-retriever minus {label}, nDCG@10 per run: {', '.join(f'{d:+.4f}' for d in diffs)}")

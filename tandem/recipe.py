@@ -234,14 +234,17 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
            + 5}
     if cfg.hybrid:
         est["hybrid"] = 2.0 + n_test / 1000
+
+    def retriever_alone(steps: int, lists_per_step: int, list_size: int) -> float:
+        """Seconds of retriever-only training: a query costs query_max_length / max_length of a passage."""
+        return steps * lists_per_step * (list_size + cfg.query_max_length / cfg.max_length) / seq + 20
+
     if cfg.retriever_warmup_steps:
-        rb, rl = cfg.stage_shape("retriever-warmup")
-        # a query costs query_max_length / max_length of a passage
-        est["retriever-warmup"] = cfg.retriever_warmup_steps * rb * (rl + cfg.query_max_length / cfg.max_length) / seq + 20
+        est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup"))
     if cfg.retriever_only == "steps":
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
     elif cfg.retriever_only == "equal-steps":  # the joint stage's retriever half, then an index
-        est["retriever-alone"] = cfg.joint_steps * jb * (jl + cfg.query_max_length / cfg.max_length) / seq + 20
+        est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl)
         est["retriever-alone-index"] = n_passages / enc + 10
     elif cfg.retriever_only == "warmup":
         est["retriever-warmup-index"] = n_passages / enc + 10
@@ -341,6 +344,20 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
     return report
 
 
+def index_and_search(retriever_dir: Path, d: Path, corpus, queries, corpus_file: str = "",
+                     progress: bool = False) -> None:
+    """Index ``corpus`` with a trained retriever's passage tower under ``d/index`` and write its top-1000 for
+    ``queries`` to ``d/run.trec``."""
+    from tandem.data import write_run
+    from tandem.index.dense import build_index, dense_search, load_index_and_encoder
+    from tandem.models.retriever import Retriever
+
+    r = Retriever.from_pretrained(retriever_dir)
+    build_index(corpus, d / "index", r.passage_tower(), progress=progress, corpus_file=corpus_file)
+    index, enc = load_index_and_encoder(d / "index")
+    write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=progress))
+
+
 class _Runner:
     def __init__(self, cfg, out, train_ds, test_ds, stages, progress):
         self.cfg, self.out, self.train_ds, self.test_ds = cfg, out, train_ds, test_ds
@@ -404,9 +421,7 @@ class _Runner:
         self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),
                     after=(lists_stage, "warmup", *start_after), lists=lists_stage)
 
-        st.run("joint-index", {}, lambda d: self._index_and_search(out / "joint" / "retriever", d, tq),
-               after=("joint",))
-        self._headline("joint-retriever", "joint-index/run.trec")
+        self._index_stage("joint", "joint-retriever", tq)
 
         def hybrid(d: Path) -> None:
             from tandem.data import read_run
@@ -438,24 +453,15 @@ class _Runner:
         if both:
             self._headline("hybrid+reranker", "rerank/hybrid.trec")
         if cfg.retriever_only == "warmup":  # last: the main systems are done if the budget runs out
-            st.run("retriever-warmup-index", {},
-                   lambda d: self._index_and_search(out / "retriever-warmup" / "retriever", d, tq),
-                   after=("retriever-warmup",))
-            self._headline("retriever-only", "retriever-warmup-index/run.trec")
+            self._index_stage("retriever-warmup", "retriever-only", tq)
         if cfg.retriever_only == "equal-steps":  # the joint stage's settings, the retriever's own loss alone
             self._train("retriever-alone", "retriever", cfg.joint_steps, str(out / "retriever-warmup" / "retriever"),
                         None, after=(lists_stage, "retriever-warmup"), lists=lists_stage, shape_of="joint")
-            st.run("retriever-alone-index", {},
-                   lambda d: self._index_and_search(out / "retriever-alone" / "retriever", d, tq),
-                   after=("retriever-alone",))
-            self._headline("retriever-only", "retriever-alone-index/run.trec")
+            self._index_stage("retriever-alone", "retriever-only", tq)
         if cfg.retriever_only == "steps":
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
-            st.run("retriever-only-index", {},
-                   lambda d: self._index_and_search(out / "retriever-only" / "retriever", d, tq),
-                   after=("retriever-only",))
-            self._headline("retriever-only", "retriever-only-index/run.trec")
+            self._index_stage("retriever-only", "retriever-only", tq)
 
     def _evaluate(self, run_file: str) -> dict[str, float]:
         """Test metrics of a run file under ``out`` (each file is read and scored once per invocation)."""
@@ -473,17 +479,14 @@ class _Runner:
         m = self._evaluate(run_file)
         log.info("%-24s %s on %s", system, "  ".join(f"{k} {v:.4f}" for k, v in m.items()), self.cfg.eval_split)
 
-    def _index_and_search(self, retriever_dir: Path, d: Path, queries) -> None:
-        """Index the corpus with a trained retriever's passage tower and write its test run."""
-        from tandem.data import write_run
-        from tandem.index.dense import build_index, dense_search, load_index_and_encoder
-        from tandem.models.retriever import Retriever
-
-        r = Retriever.from_pretrained(retriever_dir)
-        build_index(self.train_ds.corpus, d / "index", r.passage_tower(), progress=self.progress,
-                    corpus_file=self.corpus_file)
-        index, enc = load_index_and_encoder(d / "index")
-        write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=self.progress))
+    def _index_stage(self, trained: str, system: str, queries) -> None:
+        """Stage ``<trained>-index``: the corpus indexed with the retriever that stage ``trained`` wrote, and its
+        test run, logged as ``system``."""
+        self.stages.run(f"{trained}-index", {},
+                        lambda d: index_and_search(self.out / trained / "retriever", d, self.train_ds.corpus, queries,
+                                                   self.corpus_file, self.progress),
+                        after=(trained,))
+        self._headline(system, f"{trained}-index/run.trec")
 
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists",
                shape_of: str = "") -> None:
