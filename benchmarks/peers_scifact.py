@@ -33,7 +33,7 @@ def triples(lists_path: Path, corpus, queries, heldout_fraction: float, depth: i
     from tandem.train.lists import heldout_indices, read_lists
 
     lists = read_lists(lists_path, corpus, queries)
-    held = set(heldout_indices(len(lists), heldout_fraction))
+    held = set(heldout_indices([lst.qid for lst in lists], heldout_fraction))
     rng = random.Random(seed)
     out = []
     for i, lst in enumerate(lists):

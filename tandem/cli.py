@@ -510,6 +510,9 @@ def mine(ctx: typer.Context,
          denoise_top: int = typer.Option(0, "--denoise-top", min=0, help="Score only each query's first k candidates "
                                                                          "(0: all)."),
          max_pseudo: int = typer.Option(3, "--max-pseudo", min=0, help="Pseudo-positives per query at most."),
+         denoise_queries: int = typer.Option(0, "--denoise-queries", min=0,
+                                             help="Denoise only this many training queries (held-out ones first, the "
+                                                  "rest by a hash of the id) and write their lists alone (0: all)."),
          restart: bool = typer.Option(False, "--restart", help="Discard the work files of an earlier run."),
          backend: Backend = BackendOpt,
          progress: bool = ProgressOpt) -> None:
@@ -522,7 +525,7 @@ def mine(ctx: typer.Context,
 
     settings = MineSettings(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low,
                             high=high, low_from_positives=low_from_positives, low_rank=low_rank, high_rank=high_rank, calibration=calibration.value,
-                            denoise_top=denoise_top, max_pseudo=max_pseudo)
+                            denoise_top=denoise_top, max_pseudo=max_pseudo, denoise_queries=denoise_queries)
     result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
                    warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,
                    restart=restart, backend=backend.value)
@@ -580,13 +583,21 @@ def _print_report(report: dict, out: Path) -> None:
 
     typer.echo(format_table(report["systems"], ["nDCG@10", "RR@10", "R@100", "seconds"]))
     systems = report["systems"]
-    head = systems.get("joint-retriever+reranker") or next(iter(systems.values()))
-    best = max(systems, key=lambda n: systems[n]["nDCG@10"])
-    _echo_err(f"done in {report['wall_seconds']:.0f}s (pipeline {report['total_seconds']:.0f}s). Headline: joint retriever + re-ranker nDCG@10 "
-              f"{head['nDCG@10']:.4f} (BM25 {systems['bm25']['nDCG@10']:.4f}, zero-shot "
-              f"{systems['zero-shot']['nDCG@10']:.4f}); best system: {best} {systems[best]['nDCG@10']:.4f}.")
-    _echo_err(f"report: {out / 'report.md'}, {out / 'report.json'}, plots {out}/*.png; models: "
-              f"{report['models']['retriever']}, {report['models']['reranker']}")
+    head = report.get("headline") or "joint-retriever+reranker"
+    sel = report.get("selected") or {}
+    _echo_err(f"done in {report['wall_seconds']:.0f}s (pipeline {report['total_seconds']:.0f}s). Selected on "
+              f"validation: {head} nDCG@10 {systems[head]['nDCG@10']:.4f} on {report['split']} (BM25 "
+              f"{systems['bm25']['nDCG@10']:.4f}, zero-shot {systems['zero-shot']['nDCG@10']:.4f}, hybrid-zero-shot "
+              f"{systems['hybrid-zero-shot']['nDCG@10']:.4f}).")
+    if sel.get("note"):
+        _echo_err(sel["note"])
+    for line in report.get("decisions", []):
+        _echo_err(f"  {line}")
+    if report.get("training_paid"):
+        _echo_err(report["training_paid"]["summary"])
+    m = report["models"]
+    _echo_err(f"report: {out / 'report.md'}, {out / 'report.json'}, plots {out}/*.png; models used: "
+              f"{m['retriever']}, {m['reranker'] or 'no re-ranker (not adopted)'}")
 
 
 def _recipe(config: Path, out: Path, overrides: list[str], dry_run: bool, progress: bool) -> None:
@@ -599,6 +610,13 @@ def _recipe(config: Path, out: Path, overrides: list[str], dry_run: bool, progre
         for stage, secs in result["plan_seconds"].items():
             peak = f"   peak ~{mem[stage] / 2**30:6.2f} GiB" if stage in mem else ""
             typer.echo(f"{stage:<22} ~{secs:8.0f} s{peak}")
+        sz = result["sizing"]
+        typer.echo(f"evaluated on: {result['eval_split']}; validation: {result['validation']}")
+        typer.echo(f"training for {sz['training_lists']} training lists: "
+                   + ", ".join(f"{k} {v} ({sz['epochs'][k]} epochs)" for k, v in sz["steps"].items())
+                   + (f"; budget {sz['budget_seconds']:.0f} s: steps x {sz['factor']}" if sz["budget_seconds"] else "")
+                   + (" (still over budget at min_steps)" if sz["over_budget"] else "")
+                   + f"; {sz['denoised_queries']} queries denoised")
         where = ("this CPU's measured rates" if result["measured_here"] else f"the given rates {result['rates']}")
         typer.echo(f"{'total':<22} ~{result['total_seconds']:8.0f} s  ({result['total_seconds'] / 3600:.1f} h; "
                    f"estimates from {where}, on {result['devices']} device(s); memory per device)")

@@ -63,6 +63,9 @@ class MineSettings:
     calibration_fraction: float = _f(0.1, "share of training queries whose labelled pairs fit the calibration")
     denoise_top: int = _f(0, "score only each query's first k candidates (0: all); the rest stay undenoised")
     max_pseudo: int = _f(3, "pseudo-positives per query at most (the most probable)")
+    denoise_queries: int = _f(0, "with a re-ranker: denoise only this many training queries (the held-out calibration "
+                                 "queries, then the rest in the order of a hash of the id) and write the lists of "
+                                 "those alone, for a training budget that sees only a part of the queries (0: all)")
     query_batch: int = _f(256, "queries retrieved per chunk (bounded memory; one resumable write each)")
     rerank_batch: int = _f(32, "pairs per re-ranker batch")
     samples: int = _f(20, "examples of each kind in the report")
@@ -77,6 +80,7 @@ class MineSettings:
             (0.0 <= self.low <= self.high <= 1.0 or self.high > 1.0, "need 0 <= low <= high (high > 1: no pseudo-positives)"),
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
             (0.0 <= self.low_from_positives < 1.0, "low_from_positives must be in [0, 1)"),
+            (self.denoise_queries >= 0, "denoise_queries must be >= 0"),
         ] if not ok]
         if problems:
             raise ConfigError("; ".join(problems))
@@ -241,11 +245,12 @@ def retrieve(ds: Dataset, qids: list[str], path: Path, settings: MineSettings, s
 # ---- 2-4. scoring and calibration ---------------------------------------------------------------
 def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settings: MineSettings,
                      positives: Mapping[str, list[str]], n_queries: int, progress: bool = False,
-                     stop_after: int | None = None, held: set[str] | None = None) -> None:
+                     stop_after: int | None = None, held: set[str] | None = None,
+                     only: set[str] | None = None) -> None:
     """Append the re-ranker's logits for each query's (first ``denoise_top``) candidates.
 
     Labelled positives outside the candidates are scored too for the ``held`` (calibration)
-    queries, or for every query when ``held`` is None.
+    queries, or for every query when ``held`` is None. ``only``: score these queries alone.
     """
     done = done_qids(path)
     written = 0
@@ -267,7 +272,7 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             batch.clear()
 
         for rec in iter_lines(candidates):
-            if rec["qid"] in done:
+            if rec["qid"] in done or (only is not None and rec["qid"] not in only):
                 continue
             cands = [c["pid"] for c in rec["candidates"]]
             if settings.denoise_top:
@@ -287,10 +292,20 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
 
 def heldout_qids(qids: list[str], fraction: float) -> set[str]:
     """The queries the trainer holds out from lists in this order (so a warm-up never trained on them)."""
-    from tandem.train.lists import heldout_indices
+    from tandem.train.lists import heldout_qids as held_by_hash
 
-    held = {qids[i] for i in heldout_indices(len(qids), fraction)}
-    return held or set(qids)  # too few queries to hold any out: calibrate on all
+    return held_by_hash(qids, fraction) or set(qids)  # too few queries to hold any out: calibrate on all
+
+
+def denoise_subset(qids: list[str], n: int, held: set[str]) -> set[str] | None:
+    """The queries a budgeted denoising scores (``n`` of them: the ``held`` ones first, then the others in the
+    order of a hash of the id, so the choice is the same whatever the order of ``qids``); None: all."""
+    if n <= 0 or n >= len(qids):
+        return None
+    import hashlib
+
+    rest = sorted((q for q in qids if q not in held), key=lambda q: hashlib.sha256(f"denoise:{q}".encode()).digest())
+    return set([q for q in qids if q in held] + rest[: max(0, n - len(held))])
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, float]:
@@ -459,19 +474,23 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         loaded = not isinstance(reranker, (str, Path))
         ident = getattr(reranker, "name", type(reranker).__name__) if loaded else str(reranker)
         key = {"reranker": ident, "fingerprint": None if loaded else model_fingerprint(resolve_model(str(reranker))),
-               "denoise_top": settings.denoise_top}
+               "denoise_top": settings.denoise_top, "denoise_queries": settings.denoise_queries}
         _invalidate(work, state, "scores", key, ["scores.jsonl"])
         state["scores"] = key
         write_json(work / "manifest.json", state)
         t0 = time.perf_counter()
         score_path = work / "scores.jsonl"
-        if len(done_qids(score_path)) < len(qids):
+        only = denoise_subset(qids, settings.denoise_queries, held)
+        if only is not None:
+            log.info("mine: denoising %d of %d training queries (denoise_queries); lists for those alone",
+                     len(only), len(qids))
+        if len(done_qids(score_path)) < len(only or qids):
             denoiser = reranker if loaded else Reranker.from_pretrained(reranker)
             if not getattr(getattr(denoiser, "settings", None), "trained", True):
                 raise TandemError(f"re-ranker {ident!r} has an untrained head: it cannot denoise. Pass a trained "
                                   "re-ranker, or --warmup-reranker to train one first")
-            score_candidates(ds, cand_path, score_path, denoiser, settings, positives, len(qids), progress,
-                             (_stop or {}).get("score"), held)
+            score_candidates(ds, cand_path, score_path, denoiser, settings, positives, len(only or qids), progress,
+                             (_stop or {}).get("score"), held, only)
         seconds["score"] = time.perf_counter() - t0
         calibration = calibrate(score_path, positives, held, settings)
         if "low_from_positives" in calibration:
@@ -481,7 +500,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
 
     t0 = time.perf_counter()
     report = _write_lists(ds, out, cand_path, work / "scores.jsonl" if reranker is not None else None, positives,
-                          calibration, settings, held)
+                          calibration, settings, held, denoise_subset(qids, settings.denoise_queries, held)
+                          if reranker is not None else None)
     seconds["lists"] = time.perf_counter() - t0
     report.update({"settings": asdict(settings), "retriever": retriever, "index": str(index) if index else None,
                    "reranker": ident,
@@ -532,8 +552,9 @@ def _warmup(ds, directory, work: Path, cand_path: Path, positives, settings: Min
 
 
 def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | None, positives, calibration,
-                 settings: MineSettings, held: set[str] | None = None) -> dict[str, Any]:
-    """Stream candidates (+ scores) into the lists file (atomically) and gather the report's statistics."""
+                 settings: MineSettings, held: set[str] | None = None, only: set[str] | None = None) -> dict[str, Any]:
+    """Stream candidates (+ scores) into the lists file (atomically) and gather the report's statistics;
+    ``only``: the lists of these queries alone (those a budgeted denoising scored)."""
     a, b = (calibration["a"], calibration["b"]) if calibration else (1.0, 0.0)
     scores = iter_lines(score_path) if score_path else None
     rng = np.random.default_rng(settings.seed)
@@ -560,6 +581,8 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
     with atomic_open(out) as f:
         for rec in iter_lines(cand_path):
             qid, cands = rec["qid"], rec["candidates"]
+            if only is not None and qid not in only:
+                continue
             labelled = positives[qid]
             probs: dict[str, float] = {}
             if scores is not None:

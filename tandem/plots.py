@@ -23,13 +23,26 @@ def write_plots(out: Path, report: dict[str, Any]) -> list[Path]:
 
     written = []
     names = list(report["systems"])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.42 * len(names)))
     vals = [report["systems"][n]["nDCG@10"] for n in names]
-    ax.barh(names, vals, color="#4a7ab5")
-    for i, v in enumerate(vals):
-        ax.text(v + 0.003, i, f"{v:.3f}", va="center", fontsize=8)
-    ax.set_xlabel("nDCG@10 (test)")
-    ax.set_xlim(min(vals) - 0.05, max(vals) + 0.04)
+    val = [(report["systems"][n].get("val") or {}).get("nDCG@10") for n in names]
+    both = any(v is not None for v in val)
+    height = 0.4 if both else 0.8
+    ys = [i + (height / 2 if both else 0) for i in range(len(names))]
+    ax.barh(ys, vals, height=height, color="#4a7ab5", label=f"test ({report.get('split', 'test')})")
+    for y, v in zip(ys, vals):
+        ax.text(v + 0.003, y, f"{v:.3f}", va="center", fontsize=7)
+    if both:
+        ax.barh([i - height / 2 for i in range(len(names))], [v or 0.0 for v in val], height=height,
+                color="#e0a040", label="validation")
+        for i, v in enumerate(val):
+            if v is not None:
+                ax.text(v + 0.003, i - height / 2, f"{v:.3f}", va="center", fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(names)), [n + (" *" if n == report.get("headline") else "") for n in names])
+    ax.set_xlabel("nDCG@10" + ("  (* selected on validation)" if report.get("headline") else ""))
+    shown = vals + [v for v in val if v is not None]
+    ax.set_xlim(max(0.0, min(shown) - 0.05), max(shown) + 0.05)
     written.append(_save(fig, out / "systems.png"))
 
     curves = report.get("curves", {})

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +48,17 @@ def default_rates() -> dict[str, float]:
 class RecipeConfig:
     data: str = _f("scifact", "dataset name or directory (BEIR, or MS MARCO passage files)")
     train_split: str = _f("train", "qrels split of the training queries")
-    eval_split: str = _f("test", "qrels split the report evaluates on (MS MARCO: dev)")
+    eval_split: str = _f("auto", "qrels split the report evaluates on (auto: test where the data has it, else dev)")
+    validation: str = _f("auto", "queries that decide which models are adopted: auto (the dev split where there is "
+                                 "one and it is not eval_split, else held-out training queries), heldout, a split "
+                                 "name, or none")
+    val_max_queries: int = _f(300, "validation queries at most (a fixed subset by a hash of the id)")
+    validation_min_queries: int = _f(50, "held-out validation needs at least this many training queries; with "
+                                         "fewer and no dev split the recipe says it cannot validate")
+    adopt: str = _f("validation", "validation: a trained model is used only if it beats its starting point on "
+                                  "validation (do no harm); always: use every trained model")
+    min_gain: float = _f(0.0, "adopt a trained model only if its validation nDCG@10 exceeds its start's by more "
+                              "than this")
     model: str = _f("default", "encoder the retriever and re-ranker start from (default: embedded MiniLM)")
     max_length: int = _f(128, "passage tokens for indexing and retriever training")
     query_max_length: int = _f(32, "query tokens")
@@ -60,6 +71,16 @@ class RecipeConfig:
                                          "RocketQAv2 starts from trained models")
     warmup_steps: int = _f(30, "re-ranker warm-up steps (reranker mode) before joint training")
     joint_steps: int = _f(20, "joint training steps")
+    retriever_warmup_epochs: float = _f(0.0, "if > 0: retriever_warmup_steps = this many passes over the training "
+                                             "lists (sizes relative to the data)")
+    warmup_epochs: float = _f(0.0, "if > 0: warmup_steps from passes over the training lists")
+    joint_epochs: float = _f(0.0, "if > 0: joint_steps from passes over the training lists")
+    budget_minutes: float = _f(0.0, "if > 0: the training stages (and the denoising they need) shrink, all by "
+                                    "one factor, until the plan fits this wall time on this machine's rates")
+    min_steps: int = _f(5, "with budget_minutes: no training stage shrinks below this many steps")
+    denoise_queries: int = _f(-1, "training queries the re-ranker denoises: -1 as many as the joint stage draws "
+                                  "(joint_steps x lists per step, held-out ones included), 0 all, N that many; "
+                                  "the joint stage trains on those")
     retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
     index_retriever_warmup: bool = _f(True, "with retriever_warmup_steps and no retriever-only baseline: index the "
                                             "warm-up retriever (trained alone) and report it as `retriever-only`, "
@@ -77,7 +98,9 @@ class RecipeConfig:
     low_from_positives: float = _f(0.0, "denoising, if > 0: low = this quantile of the held-out labelled positives' "
                                         "probabilities (chosen on held-out queries instead of fixed)")
     reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
-    rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query")
+    rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query (the deepest tried)")
+    rerank_depths: list = _f(None, "re-ranking depths tried on validation, the best used on test (default: "
+                                   "[rerank_k]); a depth must be <= rerank_k")
     hybrid: bool = _f(True, "also report the hybrid first stage: BM25 + joint retriever, reciprocal rank fusion")
     hybrid_rerank: bool = _f(True, "with hybrid: also re-rank the hybrid top rerank_k with the joint re-ranker "
                                    "(pairs shared with the dense top-k are scored once; ~45% more pairs)")
@@ -210,11 +233,31 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[str, float]:
+def denoised_queries(cfg: RecipeConfig, n_train: int) -> int:
+    """How many training queries the denoise stage scores (and the joint stage then trains on)."""
+    if not cfg.denoise:
+        return 0
+    if cfg.denoise_queries == 0:
+        return n_train
+    if cfg.denoise_queries > 0:
+        return min(n_train, cfg.denoise_queries)
+    jb, _ = cfg.stage_shape("joint")  # the held-out queries, then one pass of the joint stage's draws
+    return min(n_train, math.ceil(cfg.heldout_fraction * n_train) + cfg.joint_steps * jb)
+
+
+def rerank_depths(cfg: RecipeConfig) -> list[int]:
+    depths = sorted(set(cfg.rerank_depths or [cfg.rerank_k]))
+    if not depths or depths[0] < 1 or depths[-1] > cfg.rerank_k:
+        raise ConfigError(f"rerank_depths {cfg.rerank_depths}: each depth must be in [1, rerank_k = {cfg.rerank_k}]")
+    return depths
+
+
+def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: int = 0) -> dict[str, float]:
     """Estimated seconds per stage from measured throughputs (``cfg.rates`` or this CPU's), scaled by length.
 
     Encoding, re-ranking and attention costs are taken as linear in length (a slight underestimate
-    for long inputs); training and encoding stages are divided over ``cfg.devices``.
+    for long inputs); training and encoding stages are divided over ``cfg.devices``. ``n_val``
+    validation queries are searched beside the test queries and their top-k re-ranked.
     """
     rates = {**default_rates(), **(cfg.rates or {})}
     dev = max(1, cfg.devices)
@@ -223,17 +266,22 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
     pairs = rates["rerank_pairs_per_s"] * 160 / cfg.reranker_max_length * dev
     (wb, wl), (jb, jl) = cfg.stage_shape("warmup"), cfg.stage_shape("joint")
     queries = enc * cfg.max_length / cfg.query_max_length  # queries/s: short texts
-    est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": n_test / queries + 5,
+    searched = n_test + n_val
+    # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
+    extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
+    est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
+           "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
            "warmup": cfg.warmup_steps * wb * wl / seq + 30,
-           "denoise": (n_train * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10) if cfg.denoise else 0.0,
+           "denoise": (denoised_queries(cfg, n_train) * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10)
+           if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * jb * (2 * jl + 1) / seq + 30,
            "joint-index": n_passages / enc + 10,
-           # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
-           "rerank": n_test * cfg.rerank_k * (HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0) / pairs
-           + 5}
+           "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
+    if n_val:
+        est["val-rerank"] = n_val * max(rerank_depths(cfg)) * extra / pairs + 5
     if cfg.hybrid:
-        est["hybrid"] = 2.0 + n_test / 1000
+        est["hybrid"] = 2.0 + searched / 1000
 
     def retriever_alone(steps: int, lists_per_step: int, list_size: int) -> float:
         """Seconds of retriever-only training: a query costs query_max_length / max_length of a passage."""
@@ -241,17 +289,57 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int) -> dict[
 
     if cfg.retriever_warmup_steps:
         est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup"))
+        est["retriever-warmup-index"] = n_passages / enc + 10  # validated before anything grows from it
     if cfg.retriever_only == "steps":
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
     elif cfg.retriever_only == "equal-steps":  # the joint stage's retriever half, then an index
         est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl)
         est["retriever-alone-index"] = n_passages / enc + 10
-    elif cfg.retriever_only == "warmup":
-        est["retriever-warmup-index"] = n_passages / enc + 10
-    order = ["bm25", "zs-index", "zero-shot", "lists", "retriever-warmup", "warmup", "denoise", "joint",
-             "joint-index", "hybrid", "rerank", "retriever-warmup-index", "retriever-alone", "retriever-alone-index",
-             "retriever-only"]  # as they run
-    return {k: est[k] for k in sorted(est, key=lambda k: order.index(k) if k in order else len(order))}
+    return {k: est[k] for k in sorted(est, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))}
+
+
+STAGE_ORDER = ["bm25", "zs-index", "zero-shot", "hybrid-zero-shot", "lists", "retriever-warmup",
+               "retriever-warmup-index", "warmup", "denoise", "joint", "joint-index", "hybrid", "val-rerank", "rerank",
+               "retriever-alone", "retriever-alone-index", "retriever-only"]  # as they run
+STEP_SETTINGS = {"retriever_warmup_steps": ("retriever_warmup_epochs", "retriever-warmup"),
+                 "warmup_steps": ("warmup_epochs", "warmup"), "joint_steps": ("joint_epochs", "joint")}
+
+
+def size_training(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int,
+                  n_val: int = 0) -> tuple[RecipeConfig, dict[str, Any]]:
+    """The recipe with its training steps fixed for this data: epochs turned into steps, then (with
+    ``budget_minutes``) every training stage shrunk by one factor until the plan fits the budget.
+
+    Returns the sized config and what was decided (``steps``, ``epochs`` over the training lists,
+    ``factor``, ``planned_seconds``, ``over_budget``), which ``--dry-run`` and the report show.
+    """
+    n_lists = max(1, n_train - round(cfg.heldout_fraction * n_train))  # held-out queries train nothing
+    wanted = {}
+    for key, (epochs_key, stage) in STEP_SETTINGS.items():
+        epochs = getattr(cfg, epochs_key)
+        wanted[key] = max(1, math.ceil(epochs * n_lists / cfg.stage_shape(stage)[0])) if epochs > 0 \
+            else getattr(cfg, key)
+
+    def at(factor: float) -> RecipeConfig:
+        return replace(cfg, **{k: max(min(v, cfg.min_steps), int(factor * v)) if v else 0 for k, v in wanted.items()})
+
+    def total(c: RecipeConfig) -> float:
+        return sum(plan(c, n_passages, n_train, n_test, n_val).values())
+
+    sized, factor = at(1.0), 1.0
+    budget = 60.0 * cfg.budget_minutes
+    if budget > 0 and total(sized) > budget:
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(at(mid)) <= budget else (lo, mid)
+        sized, factor = at(lo), lo
+    steps = {k: getattr(sized, k) for k in STEP_SETTINGS}
+    info = {"training_lists": n_lists, "steps": steps, "factor": round(factor, 4),
+            "epochs": {k: round(v * sized.stage_shape(STEP_SETTINGS[k][1])[0] / n_lists, 3) for k, v in steps.items()},
+            "denoised_queries": denoised_queries(sized, n_train), "planned_seconds": round(total(sized), 1),
+            "budget_seconds": budget, "over_budget": bool(budget and total(sized) > budget)}
+    return sized, info
 
 
 def model_shape(model: str | None) -> dict[str, int]:
@@ -299,6 +387,69 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
                if cfg.retriever_warmup_steps else {})}
 
 
+def eval_split_of(cfg: RecipeConfig, directory: Path) -> str:
+    """The split the report evaluates on: ``eval_split``, or with ``auto`` test where the data has it, else dev."""
+    if cfg.eval_split != "auto":
+        return cfg.eval_split
+    from tandem.data.beir import splits
+
+    have = splits(directory)
+    for name in ("test", "dev"):
+        if name in have:
+            return name
+    raise ConfigError(f"{directory}: eval_split=auto finds neither a test nor a dev split (splits: {have or 'none'}); "
+                      "name one with eval_split=SPLIT")
+
+
+@dataclass
+class Validation:
+    """The queries that decide adoption: ``source`` is ``dev``-like (a split), ``heldout`` or ``none``."""
+
+    source: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    why: str
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(sorted(self.queries)).encode()).hexdigest()[:16] if self.queries else ""
+
+
+def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: str) -> Validation:
+    """Validation queries: a dev split (not the one reported), else the training queries the trainer holds out
+    (by a hash of the id, so they are never trained on), else none, with the reason."""
+    from tandem.data import load_beir
+    from tandem.data.beir import splits
+    from tandem.train.lists import _qid_unit, heldout_qids
+
+    def capped(queries: dict[str, str], qrels) -> tuple[dict[str, str], dict]:
+        keep = sorted((q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())), key=_qid_unit)
+        keep = set(keep[: cfg.val_max_queries])
+        return {q: t for q, t in queries.items() if q in keep}, {q: d for q, d in qrels.items() if q in keep}
+
+    want = cfg.validation
+    if want == "none":
+        return Validation("none", {}, {}, "validation=none: trained models are used without a check")
+    have = splits(directory)
+    if want == "auto":
+        want = "dev" if "dev" in have and eval_split != "dev" and cfg.train_split != "dev" else "heldout"
+    if want != "heldout":
+        if want == eval_split:
+            raise ConfigError(f"validation={want} is the split the report evaluates on: choose on other queries")
+        ds = load_beir(directory, want, corpus=train_ds.corpus)
+        q, r = capped(ds.split_queries(), ds.qrels)
+        return Validation(want, q, r, f"the {want} split ({len(q)} queries)")
+    n = sum(1 for q in train_ds.qrels if q in train_ds.queries)
+    if cfg.heldout_fraction <= 0 or n < cfg.validation_min_queries:
+        return Validation("none", {}, {}, f"validation is impossible: no dev split and {n} training queries "
+                                          f"(fewer than {cfg.validation_min_queries} to hold any out, or "
+                                          f"heldout_fraction = 0): trained models are used without a check")
+    held = heldout_qids([q for q in train_ds.qrels if q in train_ds.queries], cfg.heldout_fraction)
+    q, r = capped({k: train_ds.queries[k] for k in held}, {k: train_ds.qrels[k] for k in held})
+    return Validation("heldout", q, r, f"{len(q)} held-out training queries (heldout_fraction "
+                                       f"{cfg.heldout_fraction}; never trained on)")
+
+
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
     """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan)."""
     from tandem.data import load_beir, resolve_dataset
@@ -306,14 +457,20 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
 
     t_start = time.perf_counter()
     out = Path(out)
+    val = None
     if dry_run and cfg.plan_passages and cfg.plan_train_queries and cfg.plan_eval_queries:
-        sizes = (cfg.plan_passages, cfg.plan_train_queries, cfg.plan_eval_queries)  # what-if: no data needed
+        sizes = (cfg.plan_passages, cfg.plan_train_queries, cfg.plan_eval_queries,
+                 min(cfg.val_max_queries, round(cfg.heldout_fraction * cfg.plan_train_queries)))  # what-if: no data
     else:
         directory = resolve_dataset(cfg.data)
+        cfg = replace(cfg, eval_split=eval_split_of(cfg, directory))
         train_ds = load_beir(directory, cfg.train_split)
         test_ds = load_beir(directory, cfg.eval_split, corpus=train_ds.corpus)
+        val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
         sizes = (cfg.plan_passages or len(train_ds.corpus), cfg.plan_train_queries or len(train_ds.qrels),
-                 cfg.plan_eval_queries or len(test_ds.qrels))
+                 cfg.plan_eval_queries or len(test_ds.qrels), len(val.queries))
+    rerank_depths(cfg)
+    cfg, sizing = size_training(cfg, *sizes)
     estimate = plan(cfg, *sizes)
     if dry_run:
         import torch
@@ -321,17 +478,24 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
         gpu = torch.cuda.is_available() or bool(cfg.rates)
         memory = memory_plan(cfg, sizes[0], model_shape(None if cfg.model == "default" else cfg.model), gpu)
         return {"plan_seconds": estimate, "plan_memory_bytes": memory, "total_seconds": sum(estimate.values()),
-                "devices": cfg.devices, "rates": {**default_rates(), **(cfg.rates or {})}, "measured_here": not cfg.rates}
+                "devices": cfg.devices, "rates": {**default_rates(), **(cfg.rates or {})}, "measured_here": not cfg.rates,
+                "sizing": sizing, "eval_split": cfg.eval_split,
+                "validation": val.why if val else "not known without the data"}
+    if sizing["over_budget"]:
+        log.warning("the plan (%.0f s) is over budget_minutes = %s even with every training stage at min_steps",
+                    sizing["planned_seconds"], cfg.budget_minutes)
+    log.info("training steps for %d training lists: %s (%s epochs; budget factor %s); validation: %s",
+             sizing["training_lists"], sizing["steps"], sizing["epochs"], sizing["factor"], val.why)
     rank, _, _ = world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.json", {**asdict(cfg), "data_dir": str(directory)})
     stages = Stages(out, estimate, rank)
-    runner = _Runner(cfg, out, train_ds, test_ds, stages, progress)
+    runner = _Runner(cfg, out, train_ds, test_ds, stages, progress, val)
     runner.run_all(str(directory.resolve()))
     if rank != 0:
         return {}
-    report = runner.report(time.perf_counter() - t_start)
+    report = runner.report(time.perf_counter() - t_start, sizing)
     write_json(out / "report.json", report)
     with atomic_open(out / "report.md") as f:
         f.write(render_markdown(report))
@@ -345,38 +509,103 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
 
 
 def index_and_search(retriever_dir: Path, d: Path, corpus, queries, corpus_file: str = "",
-                     progress: bool = False) -> None:
+                     progress: bool = False, val_queries=None) -> None:
     """Index ``corpus`` with a trained retriever's passage tower under ``d/index`` and write its top-1000 for
-    ``queries`` to ``d/run.trec``."""
-    from tandem.data import write_run
-    from tandem.index.dense import build_index, dense_search, load_index_and_encoder
+    ``queries`` to ``d/run.trec`` (and for ``val_queries`` to ``d/val.trec``)."""
+    from tandem.index.dense import build_index, load_index_and_encoder
     from tandem.models.retriever import Retriever
 
     r = Retriever.from_pretrained(retriever_dir)
     build_index(corpus, d / "index", r.passage_tower(), progress=progress, corpus_file=corpus_file)
-    index, enc = load_index_and_encoder(d / "index")
-    write_run(d / "run.trec", dense_search(index, enc, queries, 1000, progress=progress))
+    search_into(d, *load_index_and_encoder(d / "index"), queries, val_queries, progress)
+
+
+def search_into(d: Path, index, encoder, queries, val_queries=None, progress: bool = False) -> None:
+    """A dense index's top-1000 for the test ``queries`` (``d/run.trec``) and the validation ones (``d/val.trec``)."""
+    from tandem.data import write_run
+    from tandem.index.dense import dense_search
+
+    write_run(d / "run.trec", dense_search(index, encoder, queries, 1000, progress=progress))
+    if val_queries:
+        write_run(d / "val.trec", dense_search(index, encoder, val_queries, 1000, progress=progress))
+
+
+def val_file(run_file: str) -> str:
+    """The validation twin of a stage's test run file: run.trec -> val.trec, hybrid.trec -> hybrid.val.trec."""
+    return "val.trec" if run_file == "run.trec" else run_file.removesuffix(".trec") + ".val.trec"
+
+
+# The systems of the report: the stage directory whose run.trec (test) and val.trec (validation) they are,
+# and the stage each is measured against (its starting point; None for the training-free ones).
+UNTRAINED = ("bm25", "zero-shot", "hybrid-zero-shot")
 
 
 class _Runner:
-    def __init__(self, cfg, out, train_ds, test_ds, stages, progress):
+    def __init__(self, cfg, out, train_ds, test_ds, stages, progress, val: Validation):
         self.cfg, self.out, self.train_ds, self.test_ds = cfg, out, train_ds, test_ds
-        self.stages, self.progress = stages, progress
-        self._scores: dict[str, dict[str, float]] = {}  # run file -> test metrics, evaluated once
+        self.stages, self.progress, self.val = stages, progress, val
+        self._scores: dict[tuple[str, str], dict[str, float]] = {}  # (run file, split) -> metrics, evaluated once
         self.model = None if cfg.model == "default" else cfg.model
+        # name -> {"dir": stage dir holding run.trec / val.trec, "file": run file name, "start": system it is
+        # measured against, "adopted": bool | None, "note": str}
+        self.systems: dict[str, dict[str, Any]] = {}
+        self.decisions: list[str] = []
+        self.depths: dict[str, int] = {}
 
+    # ---- validation --------------------------------------------------------------------------
+    @property
+    def validating(self) -> bool:
+        return bool(self.val.queries)
+
+    def _val_score(self, system: str) -> float | None:
+        m = self._evaluate(self.systems[system], "val")
+        return None if m is None else m["nDCG@10"]
+
+    def _system(self, name: str, stage: str, file: str = "run.trec", start: str | None = None,
+                note: str = "") -> None:
+        self.systems[name] = {"dir": stage, "file": file, "start": start, "adopted": None, "note": note}
+        self._headline(name)
+
+    def _adopt(self, name: str, what: str) -> bool:
+        """Whether trained system ``name`` beats its starting point on validation (do no harm); logged and kept
+        for the report. Without validation, or with adopt=always, it is used unchecked."""
+        sys_ = self.systems[name]
+        start = sys_["start"]
+        if self.cfg.adopt == "always" or not self.validating:
+            why = "adopt=always" if self.cfg.adopt == "always" else "no validation"
+            sys_["adopted"] = True
+            self.decisions.append(f"{what}: used without a check ({why})")
+            log.info("%s", self.decisions[-1])
+            return True
+        new, old = self._val_score(name), self._val_score(start)
+        ok = new > old + self.cfg.min_gain
+        sys_["adopted"] = ok
+        verdict = "adopted" if ok else f"no gain on validation: kept {start}"
+        self.decisions.append(f"{what}: validation nDCG@10 {new:.4f} vs {start} {old:.4f}: {verdict}")
+        log.info("%s", self.decisions[-1])
+        return ok
+
+    # ---- stages ------------------------------------------------------------------------------
     def run_all(self, data_key: str) -> None:
         self.data_dir = data_key
-        from tandem.data import write_run
+        from tandem.data import read_run, write_run
         from tandem.index.bm25 import BM25
-        from tandem.index.dense import build_index, dense_search, load_index_and_encoder
+        from tandem.index.dense import build_index, load_index_and_encoder
+        from tandem.index.fusion import fuse_runs
         from tandem.models.encoder import Encoder
 
         cfg, st, out = self.cfg, self.stages, self.out
-        tq = self.test_ds.split_queries()
-        st.run("bm25", {"data": data_key}, lambda d: write_run(
-            d / "run.trec", BM25(self.train_ds.corpus, progress=self.progress).search(tq, 1000)))
-        self._headline("bm25", "bm25/run.trec")
+        tq, vq = self.test_ds.split_queries(), self.val.queries
+        vkey = {"validation": self.val.key}
+
+        def bm25(d: Path) -> None:
+            index = BM25(self.train_ds.corpus, progress=self.progress)
+            write_run(d / "run.trec", index.search(tq, 1000))
+            if vq:
+                write_run(d / "val.trec", index.search(vq, 1000))
+
+        st.run("bm25", {"data": data_key, **vkey}, bm25)
+        self._system("bm25", "bm25")
         from tandem.data.beir import corpus_file
 
         # the indexes record their corpus file, so `tandem serve INDEX --reranker ...` finds the texts
@@ -384,19 +613,24 @@ class _Runner:
         st.run("zs-index", {"data": data_key, "model": cfg.model, "max_length": cfg.max_length}, lambda d: build_index(
             self.train_ds.corpus, d / "index", Encoder.from_pretrained(self.model, max_length=cfg.max_length),
             progress=self.progress, corpus_file=self.corpus_file), after=())
+        st.run("zero-shot", vkey, lambda d: search_into(d, *load_index_and_encoder(out / "zs-index" / "index"), tq, vq,
+                                                          self.progress), after=("zs-index",))
+        self._system("zero-shot", "zero-shot")
 
-        def zero_shot(d: Path) -> None:
-            index, enc = load_index_and_encoder(out / "zs-index" / "index")
-            write_run(d / "run.trec", dense_search(index, enc, tq, 1000, progress=self.progress))
+        def fuse(d: Path, first: list[str]) -> None:
+            for name in ("run.trec", "val.trec") if vq else ("run.trec",):
+                write_run(d / name, fuse_runs([read_run(out / f / name) for f in first], top=1000))
 
-        st.run("zero-shot", {}, zero_shot, after=("zs-index",))
-        self._headline("zero-shot", "zero-shot/run.trec")
+        st.run("hybrid-zero-shot", {}, lambda d: fuse(d, ["bm25", "zero-shot"]), after=("bm25", "zero-shot"))
+        self._system("hybrid-zero-shot", "hybrid-zero-shot")
 
         def lists(d: Path, reranker: str | None = None) -> None:
             from tandem.mine import MineSettings, mine
 
             ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top,
-                              split=cfg.train_split, low_from_positives=cfg.low_from_positives)
+                              split=cfg.train_split, low_from_positives=cfg.low_from_positives,
+                              calibration_fraction=cfg.heldout_fraction if 0 < cfg.heldout_fraction < 1 else 0.1,
+                              denoise_queries=denoised_queries(cfg, len(self.train_ds.qrels)))
             if reranker is not None:  # denoising: the lists stage mined these candidates; resume from them
                 work = d / "lists.mine"
                 work.mkdir(parents=True, exist_ok=True)
@@ -406,87 +640,137 @@ class _Runner:
                  progress=self.progress, ds=self.train_ds)
 
         st.run("lists", {"top_n": cfg.top_n}, lists, after=("zs-index",))
-        start, start_after = self.model, ()  # what the re-ranker warm-up and joint training start from
+        # what the re-ranker warm-up and joint training start from, and the system that stands for it
+        start, start_after, start_system = self.model, (), "zero-shot"
         if cfg.retriever_warmup_steps:
             self._train("retriever-warmup", "retriever", cfg.retriever_warmup_steps, self.model, None,
                         after=("lists",))
-            start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
+            warm = "retriever-only" if cfg.retriever_only == "warmup" else "retriever-warmup"  # its row
+            self._index_stage("retriever-warmup", warm, tq, start="zero-shot")
+            if self._adopt(warm, "retriever warm-up"):
+                start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
+                start_system = warm
         self._train("warmup", "reranker", cfg.warmup_steps, None, start, after=("lists", *start_after))
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"
             st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high,
-                               "low_from_positives": cfg.low_from_positives},
+                               "low_from_positives": cfg.low_from_positives,
+                               "queries": denoised_queries(cfg, len(self.train_ds.qrels))},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),
                     after=(lists_stage, "warmup", *start_after), lists=lists_stage)
-
-        self._index_stage("joint", "joint-retriever", tq)
-
-        def hybrid(d: Path) -> None:
-            from tandem.data import read_run
-            from tandem.index.fusion import fuse_runs
-
-            runs = [read_run(out / "bm25" / "run.trec"), read_run(out / "joint-index" / "run.trec")]
-            write_run(d / "run.trec", fuse_runs(runs, top=1000))
-
+        self._index_stage("joint", "joint-retriever", tq, start=start_system)
+        first = "joint-retriever" if self._adopt("joint-retriever", "joint retriever") else start_system
+        self.retriever = str(out / "joint" / "retriever") if first == "joint-retriever" else start
+        self.first = first
+        first_stage = self.systems[first]["dir"]
         if cfg.hybrid:
-            st.run("hybrid", {}, hybrid, after=("bm25", "joint-index"))
-            self._headline("hybrid", "hybrid/run.trec")
+            st.run("hybrid", {"first": first_stage}, lambda d: fuse(d, ["bm25", first_stage]),
+                   after=("bm25", first_stage))
+            self._system("hybrid", "hybrid", note=f"BM25 + {first}")
         both = cfg.hybrid and cfg.hybrid_rerank  # the hybrid top-k is re-ranked too
+        firsts = {"run": first_stage, **({"hybrid": "hybrid"} if both else {})}  # output name -> first stage
+        reranker_dir = out / "joint" / "reranker"
+        depths = rerank_depths(cfg)
 
-        def rerank_stage(d: Path) -> None:
-            from tandem.data import read_run
+        def rerank_runs(d: Path, split: str, k_of: dict[str, list[int]], queries, file_of) -> None:
+            """Re-rank each first stage's ``split`` run (run / val) at each depth into ``d / file_of(name, k)``."""
             from tandem.models.reranker import Reranker
             from tandem.rerank import rerank
 
-            ce = Reranker.from_pretrained(out / "joint" / "reranker")
-            cache: dict = {}  # (qid, pid) -> score: the dense and hybrid top-k overlap
-            for first, name in [("joint-index", "run.trec")] + ([("hybrid", "hybrid.trec")] if both else []):
-                write_run(d / name, rerank(read_run(out / first / "run.trec"), self.test_ds.queries,
-                                           self.test_ds.corpus, ce, cfg.rerank_k, progress=self.progress,
-                                           cache=cache))
+            ce = Reranker.from_pretrained(reranker_dir)
+            cache: dict = {}  # (qid, pid) -> score: the first stages overlap, and a shallower depth reuses a deeper
+            for name, stage in firsts.items():
+                run = read_run(out / stage / f"{split}.trec")
+                for k in sorted(k_of[name], reverse=True):
+                    write_run(d / file_of(name, k), rerank(run, queries, self.test_ds.corpus, ce, k,
+                                                           progress=self.progress, cache=cache))
 
-        st.run("rerank", {"k": cfg.rerank_k, "hybrid": both}, rerank_stage,
-               after=("joint-index", "hybrid") if both else ("joint-index",))
-        self._headline("joint-retriever+reranker", "rerank/run.trec")
+        if self.validating and len(depths) > 1:
+            st.run("val-rerank", {"depths": depths, "firsts": firsts, **vkey},
+                   lambda d: rerank_runs(d, "val", {n: depths for n in firsts}, vq, lambda n, k: f"{n}@{k}.trec"),
+                   after=("joint", *dict.fromkeys(firsts.values())))
+            for name in firsts:  # the depth with the best validation nDCG@10 (the shallower on a tie)
+                scores = {k: self._evaluate({"dir": "val-rerank", "file": f"{name}@{k}.trec"}, "val", as_is=True)
+                          ["nDCG@10"] for k in depths}
+                self.depths[name] = max(depths, key=lambda k: (scores[k], -k))
+                self.decisions.append(f"re-ranking depth for {'the hybrid first stage' if name == 'hybrid' else first}"
+                                      f": {self.depths[name]} (validation nDCG@10 "
+                                      + ", ".join(f"@{k} {v:.4f}" for k, v in scores.items()) + ")")
+                log.info("%s", self.decisions[-1])
+        else:
+            self.depths = {n: depths[-1] for n in firsts}
+
+        def rerank_stage(d: Path) -> None:
+            chosen = {n: [self.depths[n]] for n in firsts}
+            rerank_runs(d, "run", chosen, self.test_ds.queries, lambda n, k: f"{n}.trec")
+            if self.validating and len(depths) == 1:
+                rerank_runs(d, "val", chosen, vq, lambda n, k: val_file(f"{n}.trec"))
+            elif self.validating:  # the chosen depth's validation run, beside the test run
+                for n in firsts:
+                    shutil.copy2(out / "val-rerank" / f"{n}@{self.depths[n]}.trec", d / val_file(f"{n}.trec"))
+
+        st.run("rerank", {"k": self.depths, "firsts": firsts, **vkey}, rerank_stage,
+               after=("joint", *dict.fromkeys(firsts.values())) + (("val-rerank",) if "val-rerank" in st.keys
+                                                                    else ()))
+        self._system("joint-retriever+reranker", "rerank", "run.trec", start=first,
+                     note=f"joint re-ranker over the top-{self.depths['run']} of {first}")
+        self.reranker_adopted = self._adopt("joint-retriever+reranker", "joint re-ranker")
         if both:
-            self._headline("hybrid+reranker", "rerank/hybrid.trec")
-        if cfg.retriever_only == "warmup":  # last: the main systems are done if the budget runs out
-            self._index_stage("retriever-warmup", "retriever-only", tq)
+            self._system("hybrid+reranker", "rerank", "hybrid.trec", start="hybrid",
+                         note=f"joint re-ranker over the top-{self.depths['hybrid']} of hybrid")
+            self._adopt("hybrid+reranker", "joint re-ranker over the hybrid first stage")
         if cfg.retriever_only == "equal-steps":  # the joint stage's settings, the retriever's own loss alone
-            self._train("retriever-alone", "retriever", cfg.joint_steps, str(out / "retriever-warmup" / "retriever"),
-                        None, after=(lists_stage, "retriever-warmup"), lists=lists_stage, shape_of="joint")
-            self._index_stage("retriever-alone", "retriever-only", tq)
+            self._train("retriever-alone", "retriever", cfg.joint_steps, start, None,
+                        after=(lists_stage, *start_after), lists=lists_stage, shape_of="joint")
+            self._index_stage("retriever-alone", "retriever-only", tq, start=start_system)
         if cfg.retriever_only == "steps":
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
-            self._index_stage("retriever-only", "retriever-only", tq)
+            self._index_stage("retriever-only", "retriever-only", tq, start="zero-shot")
 
-    def _evaluate(self, run_file: str) -> dict[str, float]:
-        """Test metrics of a run file under ``out`` (each file is read and scored once per invocation)."""
-        if run_file not in self._scores:
+    def _evaluate(self, system: dict[str, Any], split: str = "test", as_is: bool = False) -> dict[str, float] | None:
+        """Metrics of a system's test run (``split="test"``) or validation run (``"val"``); None where there is
+        none. Each file is read and scored once per invocation."""
+        name = system["file"]
+        if split == "val" and not as_is:  # the file named is the test run: its validation twin
+            name = val_file(name)
+        path = self.out / system["dir"] / name
+        if split == "val" and not self.validating or not path.exists():
+            return None
+        key = (str(path), split)
+        if key not in self._scores:
             from tandem.data import read_run
-            from tandem.eval.metrics import evaluate
+            from tandem.eval.metrics import evaluate_per_query
 
-            self._scores[run_file] = evaluate(read_run(self.out / run_file), self.test_ds.qrels, REPORT_MEASURES)
-        return self._scores[run_file]
+            qrels = self.val.qrels if split == "val" else self.test_ds.qrels
+            per_query = evaluate_per_query(read_run(path), qrels, REPORT_MEASURES)
+            n = len(per_query) or 1
+            self._scores[key] = {**{m: sum(q[m] for q in per_query.values()) / n for m in REPORT_MEASURES},
+                                 "_per_query": {q: v["nDCG@10"] for q, v in per_query.items()}}
+        return {k: v for k, v in self._scores[key].items()} if key in self._scores else None
 
-    def _headline(self, system: str, run_file: str) -> None:
-        """Log a finished system's test metrics at once, so a run cut short still says where it stands."""
-        if self.stages.rank != 0 or not (self.out / run_file).exists():
+    def _headline(self, system: str) -> None:
+        """Log a finished system's test (and validation) metrics at once, so a run cut short still says where
+        it stands."""
+        if self.stages.rank != 0:
             return
-        m = self._evaluate(run_file)
-        log.info("%-24s %s on %s", system, "  ".join(f"{k} {v:.4f}" for k, v in m.items()), self.cfg.eval_split)
+        m = self._evaluate(self.systems[system])
+        if m is None:
+            return
+        v = self._evaluate(self.systems[system], "val")
+        log.info("%-24s %s on %s%s", system, "  ".join(f"{k} {m[k]:.4f}" for k in REPORT_MEASURES),
+                 self.cfg.eval_split, f"; validation nDCG@10 {v['nDCG@10']:.4f}" if v else "")
 
-    def _index_stage(self, trained: str, system: str, queries) -> None:
+    def _index_stage(self, trained: str, system: str, queries, start: str | None = None) -> None:
         """Stage ``<trained>-index``: the corpus indexed with the retriever that stage ``trained`` wrote, and its
-        test run, logged as ``system``."""
-        self.stages.run(f"{trained}-index", {},
+        test (and validation) run, reported as ``system``."""
+        self.stages.run(f"{trained}-index", {"validation": self.val.key},
                         lambda d: index_and_search(self.out / trained / "retriever", d, self.train_ds.corpus, queries,
-                                                   self.corpus_file, self.progress),
+                                                   self.corpus_file, self.progress, self.val.queries),
                         after=(trained,))
-        self._headline(system, f"{trained}-index/run.trec")
+        self._system(system, f"{trained}-index", start=start)
 
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists",
                shape_of: str = "") -> None:
@@ -510,35 +794,68 @@ class _Runner:
                                "lists": lists},
                         fn, after=after, every_rank=True)
 
-    def report(self, total: float) -> dict[str, Any]:
+    # ---- report ------------------------------------------------------------------------------
+    def _chains(self) -> dict[str, list[str]]:
+        """The stages each system needs, for its wall time."""
+        cfg = self.cfg
+        lists = ["lists", "warmup", "denoise"] if cfg.denoise else ["lists"]
+        warm = ["retriever-warmup", "retriever-warmup-index"]
+        joint = ["zs-index", *lists, *warm, "warmup", "joint", "joint-index"]
+        rr = ["val-rerank", "rerank"]
+        return {"bm25": ["bm25"], "zero-shot": ["zs-index", "zero-shot"],
+                "hybrid-zero-shot": ["bm25", "zs-index", "zero-shot", "hybrid-zero-shot"],
+                "joint-retriever": joint, "joint-retriever+reranker": [*joint, *rr],
+                "hybrid": ["bm25", *joint, "hybrid"], "hybrid+reranker": ["bm25", *joint, "hybrid", *rr],
+                "retriever-warmup": ["zs-index", "lists", *warm],
+                "retriever-only": {"steps": ["zs-index", *lists, "retriever-only", "retriever-only-index"],
+                                   "equal-steps": ["zs-index", *lists, *warm, "retriever-alone",
+                                                   "retriever-alone-index"],
+                                   "warmup": ["zs-index", "lists", *warm]}.get(cfg.retriever_only, [])}
+
+    def report(self, total: float, sizing: dict[str, Any] | None = None) -> dict[str, Any]:
+        from tandem.eval.stats import describe_test, paired_test
+
         s = self.stages.seconds
-        lists = ["lists", "warmup", "denoise"] if self.cfg.denoise else ["lists"]
-        joint = ["zs-index", *lists, "retriever-warmup", "warmup", "joint", "joint-index"]
-        chains = {
-            "bm25": ("bm25/run.trec", ["bm25"]),
-            "zero-shot": ("zero-shot/run.trec", ["zs-index", "zero-shot"]),
-            "joint-retriever": ("joint-index/run.trec", joint),
-            "joint-retriever+reranker": ("rerank/run.trec", [*joint, "rerank"]),
-        }
-        if self.cfg.hybrid:
-            chains["hybrid"] = ("hybrid/run.trec", ["bm25", *joint, "hybrid"])
-            if self.cfg.hybrid_rerank:
-                chains["hybrid+reranker"] = ("rerank/hybrid.trec", ["bm25", *joint, "hybrid", "rerank"])
-        source = self.cfg.retriever_only
-        if source == "steps":
-            chains["retriever-only"] = ("retriever-only-index/run.trec",
-                                        ["zs-index", *lists, "retriever-only", "retriever-only-index"])
-        elif source == "equal-steps":
-            chains["retriever-only"] = ("retriever-alone-index/run.trec",
-                                        ["zs-index", *lists, "retriever-warmup", "retriever-alone",
-                                         "retriever-alone-index"])
-        elif source == "warmup":
-            chains["retriever-only"] = ("retriever-warmup-index/run.trec",
-                                        ["zs-index", "lists", "retriever-warmup", "retriever-warmup-index"])
-        systems = {}
-        for name, (run_file, parts) in chains.items():
-            systems[name] = {**self._evaluate(run_file), "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(parts)),
-                             "run": str(self.out / run_file)}
+        chains = self._chains()
+        systems: dict[str, dict[str, Any]] = {}
+        per_query: dict[str, tuple[dict, dict]] = {}
+        for name, sys_ in self.systems.items():
+            test, val = self._evaluate(sys_), self._evaluate(sys_, "val")
+            per_query[name] = (test.pop("_per_query"), val.pop("_per_query") if val else {})
+            row = {**test, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(chains.get(name, []))),
+                   "run": str(self.out / sys_["dir"] / sys_["file"]), "val": val, "trained": name not in UNTRAINED}
+            if sys_["start"]:
+                row["start"] = sys_["start"]
+                row["adopted"] = sys_["adopted"]
+                row["paired_vs_start"] = {"test": paired_test(per_query[name][0], per_query[sys_["start"]][0])}
+                if val:
+                    row["paired_vs_start"]["val"] = paired_test(per_query[name][1], per_query[sys_["start"]][1])
+            if sys_["note"]:
+                row["note"] = sys_["note"]
+            systems[name] = row
+        # the system the recipe stands behind: the best on validation (never on test); training-free on a tie
+        if self.validating:
+            chosen = max(systems, key=lambda n: (systems[n]["val"]["nDCG@10"], -list(systems).index(n)))
+            why = f"best validation nDCG@10 ({systems[chosen]['val']['nDCG@10']:.4f}, {self.val.why})"
+        else:
+            chosen = "joint-retriever+reranker"
+            why = f"the last trained system: {self.val.why}"
+        trained = [n for n in systems if systems[n]["trained"]]
+        best_trained = max(trained, key=lambda n: systems[n]["val"]["nDCG@10"]) if self.validating else chosen
+        base = "hybrid-zero-shot"
+        paid = {"best_trained": best_trained, "baseline": base,
+                "test": paired_test(per_query[best_trained][0], per_query[base][0])}
+        if self.validating:
+            paid["val"] = paired_test(per_query[best_trained][1], per_query[base][1])
+        paid["earned"] = bool(paid["test"]["diff"] > 0 and paid["test"]["p"] < 0.05)
+        paid["summary"] = ("training earned its minutes: " if paid["earned"] else
+                           "training did not earn its minutes (not above the training-free baseline at p < 0.05): ") \
+            + describe_test(paid["test"], best_trained, base) + f" on {self.cfg.eval_split}"
+        selected = {"system": chosen, "reason": why, "trained": systems[chosen]["trained"],
+                    "nDCG@10": systems[chosen]["nDCG@10"],
+                    "val_nDCG@10": systems[chosen]["val"]["nDCG@10"] if self.validating else None}
+        if self.validating and not systems[chosen]["trained"]:
+            selected["note"] = f"no trained system beats {chosen} on validation: the recipe serves {chosen}"
         systems.update(peer_rows(self.cfg.peers))
         curves = {}
         for stage in ("retriever-warmup", "warmup", "joint", "retriever-only", "retriever-alone"):
@@ -548,10 +865,13 @@ class _Runner:
         # total_seconds: what the whole pipeline cost (a cached stage counts its original run);
         # wall_seconds: this invocation alone
         return {"data": str(self.cfg.data), "split": self.cfg.eval_split, "queries": len(self.test_ds.qrels),
-                "config": asdict(self.cfg), "systems": systems, "stage_seconds": s,
-                "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
-                "models": {"retriever": str(self.out / "joint" / "retriever"),
-                           "reranker": str(self.out / "joint" / "reranker")},
+                "config": asdict(self.cfg), "systems": systems, "headline": chosen, "selected": selected,
+                "validation": {"source": self.val.source, "queries": len(self.val.queries), "why": self.val.why},
+                "decisions": self.decisions, "training_paid": paid, "sizing": sizing or {},
+                "stage_seconds": s, "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
+                "models": {"retriever": self.retriever or str(self.cfg.model),
+                           "reranker": str(self.out / "joint" / "reranker") if self.reranker_adopted else None,
+                           "first_stage": self.first},
                 "curves": curves}
 
 
@@ -592,25 +912,57 @@ def _retriever_only_sentence(cfg: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
-    lines = [f"# tandem report: {Path(str(report['data'])).name} ({report['split']}, {report['queries']} queries)", "",
-             "| system | " + " | ".join(REPORT_MEASURES) + " | seconds |",
-             "|---" * (len(REPORT_MEASURES) + 2) + "|"]
+    val = report.get("validation", {})
+    has_val = any(v.get("val") for v in report["systems"].values())
+    lines = [f"# tandem report: {Path(str(report['data'])).name} ({report['split']}, {report['queries']} queries)", ""]
+    sel = report.get("selected")
+    if sel:
+        lines += [f"**Selected: `{sel['system']}`** ({sel['reason']}): {report['split']} nDCG@10 {sel['nDCG@10']:.4f}."
+                  + (f" {sel['note']}." if sel.get("note") else ""), ""]
+    lines += ["| system | " + ("val nDCG@10 | " if has_val else "") + " | ".join(REPORT_MEASURES)
+              + " | seconds | adopted | vs start (test, paired) |",
+              "|---" * (len(REPORT_MEASURES) + 4 + has_val) + "|"]
     for name, vals in report["systems"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(vals.get(m)) for m in REPORT_MEASURES)
-                     + f" | {vals['seconds']:.0f} |")
+        adopted = {True: "yes", False: "**no**", None: "-"}[vals.get("adopted")]
+        pv = vals.get("paired_vs_start", {}).get("test")
+        vs = f"{pv['diff']:+.4f} vs {vals['start']} (p = {pv['p']:.3g})" if pv else "-"
+        lines.append(f"| {name} | " + (f"{_cell((vals.get('val') or {}).get('nDCG@10'))} | " if has_val else "")
+                     + " | ".join(_cell(vals.get(m)) for m in REPORT_MEASURES)
+                     + f" | {vals['seconds']:.0f} | {adopted} | {vs} |")
     lines += ["", "`seconds`: wall time of the stages that system needs (cached stages count their first run)"
               + ("; `peer:` rows: sentence-transformers trained by benchmarks/peers_scifact.py on the same machine "
-                 "and data, seconds of training." if any(v.get("peer") for v in report["systems"].values()) else "."),
-              "",
+                 "and data, seconds of training." if any(v.get("peer") for v in report["systems"].values()) else ".")
+              + " `adopted`: whether the trained model beat its starting point on validation and so was used "
+                "downstream (do no harm); `vs start`: its difference from that start on test, with a paired "
+                "randomisation test over queries.", ""]
+    if val:
+        lines += [f"Validation: {val['why']}.", ""]
+    notes = [f"`{n}`: {v['note']}" for n, v in report["systems"].items() if v.get("note")]
+    if notes:
+        lines += ["; ".join(notes) + ".", ""]
+    if report.get("decisions"):
+        lines += ["## Decisions on validation", ""] + [f"- {d}" for d in report["decisions"]] + [""]
+    if report.get("training_paid"):
+        lines += [f"Against the training-free baseline: {report['training_paid']['summary']}.", ""]
+    sizing = report.get("sizing") or {}
+    if sizing:
+        lines += [f"Training sizes for {sizing['training_lists']} training lists: "
+                  + ", ".join(f"{k} {v} ({sizing['epochs'][k]} epochs)" for k, v in sizing["steps"].items())
+                  + (f"; shrunk by {sizing['factor']} to fit budget_minutes = {cfg.get('budget_minutes')}"
+                     if sizing.get("factor", 1.0) < 1.0 else "")
+                  + f"; {sizing['denoised_queries']} training queries denoised.", ""]
+    lines += [
               "## Settings", "",
               f"Passages {cfg['max_length']} tokens, queries {cfg['query_max_length']}, re-ranker pairs "
               f"{cfg['reranker_max_length']}; lists of {cfg['list_size']} from the zero-shot top-{cfg['top_n']}, "
               f"{cfg['batch_size']} lists per step; re-ranker warm-up {cfg['warmup_steps']} steps "
               f"({cfg['reranker_arch']} architecture), joint training {cfg['joint_steps']} steps; the joint "
-              f"re-ranker re-scores the joint retriever's top-{cfg['rerank_k']}"
-              + (f" and the hybrid first stage's (BM25 + joint retriever, reciprocal rank fusion, k = 60) top-"
-                 f"{cfg['rerank_k']}." if cfg.get("hybrid") and cfg.get("hybrid_rerank") else ".")
-              + (" `hybrid`: BM25 and the joint retriever fused by reciprocal rank fusion (k = 60)."
+              f"re-ranker re-scores the adopted retriever's top-k"
+              + (" and the hybrid first stage's (BM25 + that retriever, reciprocal rank fusion, k = 60) top-k"
+                 if cfg.get("hybrid") and cfg.get("hybrid_rerank") else "")
+              + f", k chosen on validation among {cfg.get('rerank_depths') or [cfg['rerank_k']]}."
+              + (" `hybrid`: BM25 and the adopted retriever fused by reciprocal rank fusion (k = 60);"
+                 " `hybrid-zero-shot`: BM25 and the zero-shot retriever, the training-free baseline."
                  if cfg.get("hybrid") else "")
               + (f" Hybrid lists: the warmed-up re-ranker scored each training query's first {cfg['denoise_top'] or cfg['top_n']} "
                  + (f"candidates; below the {100 * cfg['low_from_positives']:.0f}% quantile of the held-out "
@@ -622,6 +974,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
     lines += ["", f"Total wall time: {report['total_seconds']:.0f} s.", "",
-              f"Models: `{report['models']['retriever']}`, `{report['models']['reranker']}`.", "",
+              f"Models used (adopted): retriever `{report['models']['retriever']}`, re-ranker "
+              + (f"`{report['models']['reranker']}`." if report['models']['reranker'] else
+                 "none (the joint re-ranker did not beat its first stage on validation)."), "",
               "Plots: `systems.png`, `losses.png`, `heldout.png`.", ""]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ def setting(default: Any, help: str) -> Any:
 
 
 def coerce(name: str, value: Any, typ: Any) -> Any:
-    """``value`` as ``typ`` (bool, int, float, str, dict or an Optional of those), or ConfigError."""
+    """``value`` as ``typ`` (bool, int, float, str, dict, a list of ints, or an Optional of those), or ConfigError."""
     origin = typing.get_origin(typ)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
@@ -37,6 +37,19 @@ def coerce(name: str, value: Any, typ: Any) -> Any:
         if isinstance(value, dict):
             return value
         raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+    if typ is list or origin is list:  # a list of integers: YAML [10, 20], or key=value "10,20" / "[10, 20]"
+        if isinstance(value, str):
+            import yaml
+
+            try:
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
     if typ is bool:
         if isinstance(value, bool):
             return value

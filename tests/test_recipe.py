@@ -14,7 +14,7 @@ from tests.test_cli import tandem
 def _cfg(model_dir, data, **kw):
     base = dict(data=str(data), model=str(model_dir), max_length=32, query_max_length=16, reranker_max_length=48,
                 top_n=10, list_size=4, batch_size=2, warmup_steps=2, joint_steps=2, eval_every=1,
-                heldout_fraction=0.2, rerank_k=5)
+                heldout_fraction=0.2, rerank_k=5, denoise_queries=0)
     return load_recipe(None, {**base, **kw})
 
 
@@ -181,7 +181,7 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     assert report["systems"]["retriever-only"]["run"] == str(out / "retriever-alone-index" / "run.trec")
     assert "step for step" in (out / "report.md").read_text() and "retriever-alone" in report["curves"]
     plan = run_recipe(equal, out, dry_run=True)["plan_seconds"]
-    assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0 and "retriever-warmup-index" not in plan
+    assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0 and "retriever-warmup-index" in plan  # validated before use
 
 
 def test_peer_results_join_the_report_as_rows(tmp_path):
@@ -216,3 +216,110 @@ def test_a_stage_reruns_when_the_precision_changes(tmp_path, monkeypatch):
         Stages(tmp_path).run("enc", {"model": "m"}, lambda d: ran.append(precision))
         assert len(ran) == expect  # the same settings at the same precision: skipped
     assert ran == ["fp32", "bf16"]
+
+
+def _dataset_with_dev(tmp_path, n_queries: int = 36):
+    from tests.conftest import generate_dataset, write_beir
+
+    corpus, queries, qrels = generate_dataset(n_queries=n_queries, seed=3)
+    test = qrels["test"]
+    ids = sorted(test)
+    split = {"train": qrels["train"], "dev": {q: test[q] for q in ids[::2]}, "test": {q: test[q] for q in ids[1::2]}}
+    return write_beir(tmp_path / "withdev", corpus, queries, split)
+
+
+def test_validation_decides_what_is_used(tiny_model_dir, tmp_path):
+    """Do no harm: every trained system is measured on validation against its start, adopted only if it beats
+    it; the headline is the best system on validation, the depth of re-ranking is chosen there too."""
+    data = _dataset_with_dev(tmp_path)
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, data, retriever_warmup_steps=2, rerank_depths=[3, 5], joint_steps=2)
+    report = run_recipe(cfg, out, progress=False)
+    assert report["validation"]["source"] == "dev" and report["validation"]["queries"] == 9
+    systems = report["systems"]
+    for name in ("bm25", "zero-shot", "hybrid-zero-shot", "retriever-only", "joint-retriever",
+                 "joint-retriever+reranker", "hybrid"):
+        assert 0 <= systems[name]["val"]["nDCG@10"] <= 1, name
+    # the headline is the best on validation (never chosen on test), training-free on a tie
+    best = max(v["val"]["nDCG@10"] for v in systems.values())
+    assert systems[report["headline"]]["val"]["nDCG@10"] == best
+    assert report["selected"]["system"] == report["headline"]
+    # each trained row against its start, with the decision that follows from the validation numbers
+    joint = systems["joint-retriever"]
+    start = joint["start"]
+    assert start in ("zero-shot", "retriever-only")
+    assert joint["adopted"] == (joint["val"]["nDCG@10"] > systems[start]["val"]["nDCG@10"])
+    assert joint["paired_vs_start"]["test"]["n"] == report["queries"]
+    first = report["models"]["first_stage"]
+    assert first == ("joint-retriever" if joint["adopted"] else start)
+    assert systems["joint-retriever+reranker"]["start"] == first
+    rr = systems["joint-retriever+reranker"]
+    assert (report["models"]["reranker"] is not None) == (rr["val"]["nDCG@10"] > systems[first]["val"]["nDCG@10"])
+    assert any(d.startswith("re-ranking depth") for d in report["decisions"])
+    assert (out / "val-rerank" / "run@3.trec").exists() and (out / "val-rerank" / "run@5.trec").exists()
+    # the validation runs hold the dev queries alone, the test runs the test queries alone
+    from tandem.data import read_run
+
+    dev = {l.split("\t")[0] for l in (data / "qrels" / "dev.tsv").read_text().splitlines()[1:]}
+    assert set(read_run(out / "zero-shot" / "val.trec")) == dev
+    assert not set(read_run(out / "zero-shot" / "run.trec")) & dev
+    md = (out / "report.md").read_text()
+    assert "**Selected: `" in md and "## Decisions on validation" in md and "training-free baseline" in md
+    assert report["training_paid"]["baseline"] == "hybrid-zero-shot"
+
+
+def test_adopt_keeps_the_start_when_training_does_not_help(tiny_model_dir, tmp_path):
+    """With min_gain beyond reach nothing trained is adopted: the joint stage starts from the zero-shot model, the
+    hybrid and re-ranking build on it, and the report serves a training-free system."""
+    data = _dataset_with_dev(tmp_path)
+    out = tmp_path / "run"
+    report = run_recipe(_cfg(tiny_model_dir, data, retriever_warmup_steps=2, min_gain=2.0), out, progress=False)
+    systems = report["systems"]
+    assert systems["retriever-only"]["adopted"] is False and systems["joint-retriever"]["adopted"] is False
+    assert report["models"]["first_stage"] == "zero-shot" and report["models"]["reranker"] is None
+    joint = json.loads((out / "joint" / "done.json").read_text())["settings"]
+    assert joint["retriever"] == str(tiny_model_dir)  # not the rejected warm-up
+    assert json.loads((out / "hybrid" / "done.json").read_text())["settings"]["first"] == "zero-shot"
+    assert not report["selected"]["trained"] and "no trained system beats" in report["selected"]["note"]
+    assert any("no gain on validation: kept zero-shot" in d for d in report["decisions"])
+
+
+def test_heldout_validation_and_its_absence(tiny_model_dir, tiny_dataset, tmp_path):
+    """Without a dev split the held-out training queries validate (the trainer never trains on them); with too
+    few training queries the recipe says it cannot validate and uses what it trained."""
+    from tandem.recipe import choose_validation
+    from tandem.data import load_beir
+    from tandem.train.lists import heldout_qids
+
+    ds = load_beir(tiny_dataset, "train")
+    val = choose_validation(_cfg(tiny_model_dir, tiny_dataset, validation_min_queries=5), tiny_dataset, ds, "test")
+    assert val.source == "heldout" and set(val.queries) == heldout_qids(list(ds.qrels), 0.2)
+    none = choose_validation(_cfg(tiny_model_dir, tiny_dataset), tiny_dataset, ds, "test")
+    assert none.source == "none" and "validation is impossible" in none.why and "10 training queries" in none.why
+    out = tmp_path / "run"
+    report = run_recipe(_cfg(tiny_model_dir, tiny_dataset, validation_min_queries=5), out, progress=False)
+    assert report["validation"]["source"] == "heldout"
+    trained = json.loads((out / "joint" / "result.json").read_text())
+    assert trained["heldout"]  # the trainer evaluated on its held-out lists: the same queries
+    lists = [json.loads(l)["qid"] for l in (out / "denoise" / "lists.jsonl").read_text().splitlines()]
+    assert set(val.queries) <= set(lists) and heldout_qids(lists, 0.2) == set(val.queries)
+
+
+def test_sizes_follow_the_data_and_the_budget(tiny_model_dir, tiny_dataset):
+    from tandem.recipe import size_training
+
+    cfg = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_epochs=1.0, joint_epochs=2.0, warmup_steps=7)
+    sized, info = size_training(cfg, 60, 100, 10)
+    assert info["training_lists"] == 80 and sized.retriever_warmup_steps == 40 and sized.joint_steps == 80
+    assert sized.warmup_steps == 7 and info["factor"] == 1.0 and info["epochs"]["joint_steps"] == 2.0
+    small, _ = size_training(cfg, 60, 400, 10)
+    assert small.joint_steps == 4 * sized.joint_steps  # four times the data, four times the steps
+    budget, binfo = size_training(replace_cfg(cfg, budget_minutes=0.5, min_steps=3), 60, 100, 10)
+    assert binfo["factor"] < 1 and binfo["planned_seconds"] <= 30 or binfo["over_budget"]
+    assert budget.joint_steps < sized.joint_steps and budget.joint_steps >= 3
+
+
+def replace_cfg(cfg, **kw):
+    from dataclasses import replace
+
+    return replace(cfg, **kw)

@@ -138,8 +138,8 @@ class Trainer:
             for m in (self.retriever, self.reranker):
                 if m is not None:
                     broadcast_parameters(m)
-        # held-out lists: a fixed split, independent of the training seed
-        held = set(heldout_indices(len(lists), cfg.heldout_fraction))
+        # held-out lists: a fixed split by query id, independent of the training seed and of the list count
+        held = set(heldout_indices([lst.qid for lst in lists], cfg.heldout_fraction))
         self.heldout = [lists[i] for i in sorted(held)]
         self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:

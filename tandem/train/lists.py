@@ -8,10 +8,11 @@ so a run replays (and resumes) without storing the samples.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -129,10 +130,34 @@ class Group:
     pids: list[str]
 
 
-def heldout_indices(n: int, fraction: float) -> list[int]:
-    """Indices of the lists held out for evaluation: a fixed share, independent of any training seed."""
-    order = np.random.default_rng(1234).permutation(n)
-    return sorted(int(i) for i in order[: int(round(fraction * n))])
+def _qid_unit(qid: str) -> float:
+    """A query id's fixed place in [0, 1): the held-out split keys on it."""
+    digest = hashlib.sha256(f"tandem-heldout:{qid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_qids(qids: Iterable[str], fraction: float) -> set[str]:
+    """The queries held out for evaluation: those whose id hashes below ``fraction``.
+
+    The choice depends on each query id alone, not on the list order or count, so mining, training
+    and the recipe's validation agree on it whatever subset of queries each of them sees. Where the
+    hash holds out none or all (a handful of queries), the ``round(fraction * n)`` smallest hashes
+    are held out instead (at least one, never all).
+    """
+    qids = list(dict.fromkeys(qids))
+    if fraction <= 0 or len(qids) < 2:
+        return set()
+    held = {q for q in qids if _qid_unit(q) < fraction}
+    if not held or len(held) == len(qids):
+        k = min(max(1, round(fraction * len(qids))), len(qids) - 1)
+        held = set(sorted(qids, key=_qid_unit)[:k])
+    return held
+
+
+def heldout_indices(qids: Sequence[str], fraction: float) -> list[int]:
+    """Indices (into ``qids``, e.g. one per training list) of the held-out queries' entries."""
+    held = heldout_qids(qids, fraction)
+    return [i for i, q in enumerate(qids) if q in held]
 
 
 @dataclass
