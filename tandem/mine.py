@@ -61,8 +61,12 @@ class MineSettings:
     high_rank: int = _f(0, "rank mode: the re-ranker's top-k candidates (not labelled) become pseudo-positives")
     calibration: str = _f("platt", "platt: sigmoid(a*logit+b) fitted on held-out labelled pairs; sigmoid: a=1, b=0")
     calibration_fraction: float = _f(0.1, "share of training queries whose labelled pairs fit the calibration")
+    calibration_positives: int = _f(5, "labelled positives per calibration query scored beyond its candidates at "
+                                       "most (the first in the qrels; 0: all): NFCorpus has ~40 a query")
     denoise_top: int = _f(0, "score only each query's first k candidates (0: all); the rest stay undenoised")
     max_pseudo: int = _f(3, "pseudo-positives per query at most (the most probable)")
+    near_copy: float = _f(0.8, "a candidate whose word set overlaps a labelled positive's by at least this Jaccard "
+                               "is a near copy of it: never a negative, in either pool (0: off)")
     denoise_queries: int = _f(0, "with a re-ranker: denoise only this many training queries (the held-out calibration "
                                  "queries, then the rest in the order of a hash of the id) and write the lists of "
                                  "those alone, for a training budget that sees only a part of the queries (0: all)")
@@ -81,6 +85,8 @@ class MineSettings:
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
             (0.0 <= self.low_from_positives < 1.0, "low_from_positives must be in [0, 1)"),
             (self.denoise_queries >= 0, "denoise_queries must be >= 0"),
+            (self.calibration_positives >= 0, "calibration_positives must be >= 0"),
+            (0.0 <= self.near_copy <= 1.0, "near_copy must be in [0, 1]"),
         ] if not ok]
         if problems:
             raise ConfigError("; ".join(problems))
@@ -280,6 +286,8 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             scored = set(cands)
             pos = [p for p in positives.get(rec["qid"], []) if p not in scored] \
                 if held is None or rec["qid"] in held else []
+            if settings.calibration_positives:
+                pos = pos[: settings.calibration_positives]
             batch.append({"qid": rec["qid"], "pids": cands + pos})
             if len(batch) * max(len(cands) + len(pos), 1) >= 8 * settings.rerank_batch:
                 flush()
@@ -371,13 +379,43 @@ def calibrate(scores: Path, positives: Mapping[str, list[str]], held: set[str], 
 
 
 # ---- 5. pools and lists -----------------------------------------------------------------------
+class NearCopies:
+    """Which candidates nearly copy one of a query's labelled positives: word-set Jaccard >= ``threshold``
+    (lower-cased words of title and text). Such a passage is an unlabelled positive, whatever a re-ranker
+    scores it; as a negative it would be the false negative denoising exists to remove."""
+
+    def __init__(self, corpus, threshold: float):
+        self.corpus, self.threshold = corpus, threshold
+        self._words: dict[str, frozenset[str]] = {}
+
+    def words(self, pid: str) -> frozenset[str]:
+        if pid not in self._words:
+            self._words[pid] = frozenset(re.findall(r"\w+", self.corpus.text(pid).lower()))
+        return self._words[pid]
+
+    def of(self, candidates: list[str], labelled: list[str]) -> set[str]:
+        if not self.threshold:
+            return set()
+        out = set()
+        for pid in candidates:
+            a = self.words(pid)
+            for pos in labelled:
+                b = self.words(pos)
+                small, big = sorted((len(a), len(b)))
+                if big and small / big >= self.threshold and len(a & b) / len(a | b) >= self.threshold:
+                    out.add(pid)  # the size ratio bounds the Jaccard from above: most pairs stop there
+                    break
+        return out
+
+
 def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Mapping[str, float],
-                settings: MineSettings) -> tuple[list[dict], list[dict], list[dict]]:
+                settings: MineSettings, near: set[str] = frozenset()) -> tuple[list[dict], list[dict], list[dict]]:
     """(positives, undenoised negatives, denoised negatives) for one query.
 
     ``probs``: calibrated probabilities of the scored candidates (unscored ones stay undenoised
-    only). Labelled positives are never negatives; pseudo-positives are the most probable
-    unlabelled candidates above ``high`` (or in the re-ranker's top ``high_rank``).
+    only). Labelled positives, and ``near`` (near copies of them), are never negatives;
+    pseudo-positives are the most probable unlabelled candidates above ``high`` (or in the
+    re-ranker's top ``high_rank``), near copies included.
     """
     labelled_set = set(labelled)
     unlabelled = [c for c in candidates if c["pid"] not in labelled_set]
@@ -399,8 +437,8 @@ def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Ma
     pseudo = sorted(pseudo, key=lambda e: -probs[e["pid"]])[: settings.max_pseudo]
     positives = [{"pid": p} for p in labelled]
     positives += [{"pid": e["pid"], "pseudo": True, "score": round(probs[e["pid"]], 5), "rank": e["rank"]} for e in pseudo]
-    denoised = [{**e, "source": "denoised"} for e in clean]
-    return positives, undenoised, denoised
+    denoised = [{**e, "source": "denoised"} for e in clean if e["pid"] not in near]
+    return positives, [e for e in undenoised if e["pid"] not in near], denoised
 
 
 def _positives(ds: Dataset) -> dict[str, list[str]]:
@@ -474,7 +512,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         loaded = not isinstance(reranker, (str, Path))
         ident = getattr(reranker, "name", type(reranker).__name__) if loaded else str(reranker)
         key = {"reranker": ident, "fingerprint": None if loaded else model_fingerprint(resolve_model(str(reranker))),
-               "denoise_top": settings.denoise_top, "denoise_queries": settings.denoise_queries}
+               "denoise_top": settings.denoise_top, "denoise_queries": settings.denoise_queries,
+               "calibration_positives": settings.calibration_positives}
         _invalidate(work, state, "scores", key, ["scores.jsonl"])
         state["scores"] = key
         write_json(work / "manifest.json", state)
@@ -558,7 +597,8 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
     a, b = (calibration["a"], calibration["b"]) if calibration else (1.0, 0.0)
     scores = iter_lines(score_path) if score_path else None
     rng = np.random.default_rng(settings.seed)
-    n_lists = n_cands = n_flagged = n_scored = n_pseudo_q = n_pseudo = n_denoised = n_no_neg = 0
+    n_lists = n_cands = n_flagged = n_scored = n_pseudo_q = n_pseudo = n_denoised = n_no_neg = n_near = 0
+    near = NearCopies(ds.corpus, settings.near_copy)
     cand_counts: list[int] = []
     pos_ranks: list[int] = []
     pos_probs: list[float] = []
@@ -597,7 +637,9 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
             n_cands += len(cands)
             rank_of = {c["pid"]: c["rank"] for c in cands}
             pos_ranks.append(min((rank_of[p] for p in labelled if p in rank_of), default=0))
-            pos, undenoised, denoised = build_pools(qid, cands, labelled, probs, settings)
+            copies = near.of([c["pid"] for c in cands if c["pid"] not in labelled], labelled)
+            n_near += len(copies)
+            pos, undenoised, denoised = build_pools(qid, cands, labelled, probs, settings, copies)
             if not undenoised:
                 n_no_neg += 1
                 continue
@@ -645,6 +687,7 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
             "flagged_share": n_flagged / max(n_scored, 1),
             "denoised_negatives": n_denoised, "denoised_share": n_denoised / max(n_scored, 1),
             "pseudo_positives": n_pseudo, "queries_with_pseudo_positive": n_pseudo_q,
+            "near_copies_of_positives": n_near,
             "labelled_positives_probability": {
                 "mean": float(pp.mean()) if len(pp) else None,
                 "above_high": float((pp > settings.high).mean()) if len(pp) else None,

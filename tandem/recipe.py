@@ -59,6 +59,9 @@ class RecipeConfig:
                                   "validation (do no harm); always: use every trained model")
     min_gain: float = _f(0.0, "adopt a trained model only if its validation nDCG@10 exceeds its start's by more "
                               "than this")
+    adopt_p: float = _f(0.1, "... and only if a paired randomisation test over the validation queries gives a "
+                             "one-sided p below this (1: the mean alone decides): a gain within the noise of a "
+                             "few hundred queries is no gain")
     model: str = _f("default", "encoder the retriever and re-ranker start from (default: embedded MiniLM)")
     max_length: int = _f(128, "passage tokens for indexing and retriever training")
     query_max_length: int = _f(32, "query tokens")
@@ -269,13 +272,23 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     searched = n_test + n_val
     # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
     extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
+    def heldout_eval(stage: str, steps: int, scorers: str) -> float:
+        """Seconds of a training stage's held-out list evaluations (at the start, every eval_every, at the end)."""
+        o = cfg.train_overrides("", steps, stage)
+        lists = round(float(o.get("heldout_fraction", 0.0)) * n_train)
+        lists = min(lists, int(o.get("heldout_eval_lists", 0) or lists))
+        every = int(o.get("eval_every", 0) or 0)
+        evals = 2 + (steps // every if every else 0)
+        per_list = int(o["list_size"]) * (("r" in scorers) / enc + ("c" in scorers) / pairs)
+        return evals * lists * per_list
+
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
-           "warmup": cfg.warmup_steps * wb * wl / seq + 30,
+           "warmup": cfg.warmup_steps * wb * wl / seq + 30 + heldout_eval("warmup", cfg.warmup_steps, "c"),
            "denoise": (denoised_queries(cfg, n_train) * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10)
            if cfg.denoise else 0.0,
-           "joint": cfg.joint_steps * jb * (2 * jl + 1) / seq + 30,
+           "joint": cfg.joint_steps * jb * (2 * jl + 1) / seq + 30 + heldout_eval("joint", cfg.joint_steps, "rc"),
            "joint-index": n_passages / enc + 10,
            "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
     if n_val:
@@ -288,7 +301,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
         return steps * lists_per_step * (list_size + cfg.query_max_length / cfg.max_length) / seq + 20
 
     if cfg.retriever_warmup_steps:
-        est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup"))
+        est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup")) \
+            + heldout_eval("retriever-warmup", cfg.retriever_warmup_steps, "r")
         est["retriever-warmup-index"] = n_passages / enc + 10  # validated before anything grows from it
     if cfg.retriever_only == "steps":
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
@@ -577,13 +591,24 @@ class _Runner:
             self.decisions.append(f"{what}: used without a check ({why})")
             log.info("%s", self.decisions[-1])
             return True
-        new, old = self._val_score(name), self._val_score(start)
-        ok = new > old + self.cfg.min_gain
+        ok, new, old, p = self._beats(name, start)
         sys_["adopted"] = ok
         verdict = "adopted" if ok else f"no gain on validation: kept {start}"
-        self.decisions.append(f"{what}: validation nDCG@10 {new:.4f} vs {start} {old:.4f}: {verdict}")
+        self.decisions.append(f"{what}: validation nDCG@10 {new:.4f} vs {start} {old:.4f} (one-sided p = {p:.3g}): "
+                              f"{verdict}")
         log.info("%s", self.decisions[-1])
         return ok
+
+    def _beats(self, a: str, b: str) -> tuple[bool, float, float, float]:
+        """Whether system ``a`` beats ``b`` on validation: mean nDCG@10 above ``b``'s + min_gain and a one-sided
+        paired randomisation p below adopt_p. Returns (verdict, a's mean, b's mean, p)."""
+        from tandem.eval.stats import paired_test
+
+        va, vb = self._evaluate(self.systems[a], "val"), self._evaluate(self.systems[b], "val")
+        test = paired_test(va["_per_query"], vb["_per_query"])
+        p = test["p"] / 2 if test["diff"] > 0 else 1.0 - test["p"] / 2
+        ok = va["nDCG@10"] > vb["nDCG@10"] + self.cfg.min_gain and p < self.cfg.adopt_p
+        return ok, va["nDCG@10"], vb["nDCG@10"], p
 
     # ---- stages ------------------------------------------------------------------------------
     def run_all(self, data_key: str) -> None:
@@ -668,7 +693,7 @@ class _Runner:
         if cfg.hybrid:
             st.run("hybrid", {"first": first_stage}, lambda d: fuse(d, ["bm25", first_stage]),
                    after=("bm25", first_stage))
-            self._system("hybrid", "hybrid", note=f"BM25 + {first}")
+            self._system("hybrid", "hybrid", start="hybrid-zero-shot", note=f"BM25 + {first}")
         both = cfg.hybrid and cfg.hybrid_rerank  # the hybrid top-k is re-ranked too
         firsts = {"run": first_stage, **({"hybrid": "hybrid"} if both else {})}  # output name -> first stage
         reranker_dir = out / "joint" / "reranker"
@@ -837,6 +862,13 @@ class _Runner:
         if self.validating:
             chosen = max(systems, key=lambda n: (systems[n]["val"]["nDCG@10"], -list(systems).index(n)))
             why = f"best validation nDCG@10 ({systems[chosen]['val']['nDCG@10']:.4f}, {self.val.why})"
+            if systems[chosen]["trained"]:  # a trained system must beat the best training-free one, as any model
+                free = max(UNTRAINED, key=lambda n: (systems[n]["val"]["nDCG@10"], -UNTRAINED.index(n)))
+                ok, new, old, p = self._beats(chosen, free)
+                if not ok:
+                    why = (f"{chosen} led on validation ({new:.4f} vs {old:.4f}) within the noise (one-sided p = "
+                           f"{p:.3g}, adopt_p {self.cfg.adopt_p}): the best training-free system")
+                    chosen = free
         else:
             chosen = "joint-retriever+reranker"
             why = f"the last trained system: {self.val.why}"
@@ -950,6 +982,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   + ", ".join(f"{k} {v} ({sizing['epochs'][k]} epochs)" for k, v in sizing["steps"].items())
                   + (f"; shrunk by {sizing['factor']} to fit budget_minutes = {cfg.get('budget_minutes')}"
                      if sizing.get("factor", 1.0) < 1.0 else "")
+                  + (f" (every stage at min_steps = {cfg.get('min_steps')}, still over budget: the rest is "
+                     "encoding and re-ranking)" if sizing.get("over_budget") else "")
                   + f"; {sizing['denoised_queries']} training queries denoised.", ""]
     lines += [
               "## Settings", "",

@@ -91,3 +91,71 @@ def test_fit_mixing_lowers_list_loss(tiny_model_dir):
     assert fit["ce_after"] < fit["ce_before"]
     assert fit["w_lex"] > 0 and fit["lists"] == 4
     assert ce.w_lex.item() == pytest.approx(fit["w_lex"])
+
+
+def test_lexical_term_is_bounded_and_cannot_turn_against_matches(tiny_model_dir, tmp_path):
+    """The lexical feature lies in [0, 1] (BM25 over the query's highest possible BM25) and its weight never goes
+    below zero: a learned scalar cannot rank lexical matches down (it did on NFCorpus, unbounded)."""
+    ce = GatedReranker.from_body(str(tiny_model_dir), corpus=PASSAGES * 3 + ["unrelated words here"],
+                                 max_length=64).eval()
+    lex = ce.tokenize(["gene heart", "gene", "protein cell"],
+                      ["gene gene gene gene mouse", "gene", "protein cell gene cancer virus"])["lexical"]
+    assert ((lex > 0) & (lex < 1)).all()
+    k1 = ce.k1
+    q = ce.tokenizer("gene", add_special_tokens=False)["input_ids"]
+    p = ce.tokenizer("gene", add_special_tokens=False)["input_ids"]
+    bm25 = ce.idf[q[0]] * (k1 + 1) / (1 + k1 * (1 - ce.b + ce.b * len(p) / ce.avg_len))
+    assert lex[1].item() == pytest.approx(bm25 / (ce.idf[q[0]] * (k1 + 1)), rel=1e-5)
+    with torch.no_grad():
+        base = ce.score(QUERIES, PASSAGES)
+        ce.w_lex.fill_(-2.0)
+        assert torch.equal(ce.score(QUERIES, PASSAGES), base) and ce.describe()["w_lex"] == 0.0
+        ce.w_lex.fill_(1.5)
+        raised = ce.score(QUERIES, PASSAGES)
+    assert (raised >= base - 1e-6).all() and (raised > base).any()
+    # a model saved before the bound (no "lexical" in its config) keeps the raw feature and its signed weight
+    ce.save(tmp_path / "g")
+    import json
+
+    from tandem.models.reranker import CONFIG_FILE
+
+    cfg_path = tmp_path / "g" / CONFIG_FILE
+
+    info = json.loads(cfg_path.read_text())
+    assert info["gated"]["lexical"] == "bounded"
+    assert Reranker.from_pretrained(tmp_path / "g").lexical == "bounded"
+    del info["gated"]["lexical"]
+    cfg_path.write_text(json.dumps(info))
+    old = Reranker.from_pretrained(tmp_path / "g")
+    assert old.lexical == "raw" and old.tokenize(["gene"], ["gene"])["lexical"].item() == pytest.approx(bm25, rel=1e-5)
+
+
+def test_gated_directory_does_not_pass_for_a_plain_cross_encoder(tiny_model_dir, tmp_path):
+    """CrossEncoder(dir) and AutoModelForSequenceClassification fail loudly on a gated re-ranker's directory
+    instead of loading it with a random classifier; tandem loads it with the same scores (and still loads the
+    older layout with the body at the top)."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    ce = GatedReranker.from_body(str(tiny_model_dir), corpus=PASSAGES, max_length=64).eval()
+    with torch.no_grad():
+        ce.gate.fill_(-3.0)
+        ce.head.weight.normal_()
+        want = ce.score(QUERIES, PASSAGES)
+    ce.save(tmp_path / "g")
+    assert not (tmp_path / "g" / "config.json").exists()
+    with pytest.raises((OSError, ValueError)):
+        AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "g"))
+    st = pytest.importorskip("sentence_transformers")
+    with pytest.raises((OSError, ValueError)):
+        st.CrossEncoder(str(tmp_path / "g"))
+    with torch.no_grad():
+        assert torch.allclose(Reranker.from_pretrained(tmp_path / "g").eval().score(QUERIES, PASSAGES), want,
+                              atol=1e-5)
+    for f in (tmp_path / "g" / "body").iterdir():  # the layout saved before: body files at the top
+        shutil.move(str(f), str(tmp_path / "g" / f.name))
+    (tmp_path / "g" / "body").rmdir()
+    with torch.no_grad():
+        assert torch.allclose(Reranker.from_pretrained(tmp_path / "g").eval().score(QUERIES, PASSAGES), want,
+                              atol=1e-5)

@@ -33,6 +33,30 @@ def test_kl_by_hand_and_reductions():
         rocketqa_kl(ce, de, direction="sideways")
 
 
+def test_kl_direction_is_not_symmetric():
+    """Distributions that are not permutations of each other: the two directions differ, so a swap fails here."""
+    p = torch.tensor([[0.8, 0.15, 0.05]])
+    q = torch.tensor([[0.3, 0.3, 0.4]])
+    forward = sum(a * math.log(a / b) for a, b in zip(p[0].tolist(), q[0].tolist()))  # KL(p || q)
+    backward = sum(b * math.log(b / a) for a, b in zip(p[0].tolist(), q[0].tolist()))  # KL(q || p)
+    assert abs(forward - backward) > 0.01
+    ce, de = torch.log(p), torch.log(q) * 0.05  # the retriever's scores are divided by tau = 0.05
+    assert rocketqa_kl(ce, de, tau_de=0.05).item() == pytest.approx(forward, rel=1e-5)
+    assert rocketqa_kl(ce, de, tau_de=0.05, direction="de_to_ce").item() == pytest.approx(backward, rel=1e-5)
+    assert list_kl(torch.log(p), torch.log(q)).item() == pytest.approx(forward, rel=1e-5)
+
+
+def test_list_metrics_break_ties_against_the_positive():
+    from tandem.train.joint import list_metrics
+
+    flat = list_metrics(torch.zeros(5, 4))  # a constant scorer learns nothing: the positive ranks last
+    assert flat["acc@1"] == 0.0 and flat["nDCG@10"] == pytest.approx(1 / math.log2(5))
+    assert flat["ce"] == pytest.approx(math.log(4)) and flat["p_pos"] == pytest.approx(0.25)
+    good = list_metrics(torch.tensor([[3.0, 1.0, 0.0], [2.0, 2.5, 0.0]]))
+    assert good["acc@1"] == 0.5 and good["MRR@10"] == pytest.approx(0.75)
+    assert 0 < good["p_pos"] < 1 and good["ce"] > 0
+
+
 def test_kl_gradients_reach_both_sides():
     ce = torch.randn(2, 4, requires_grad=True)
     de = torch.randn(2, 4, requires_grad=True)
@@ -55,3 +79,22 @@ def test_info_nce_in_list_and_in_batch():
     # query 0: scores [1, 0, 0, 1] (its positive is column 0); query 1: [0, 1, 1, 0] (positive column 2)
     expect_b = -math.log(math.e / (2 * math.e + 2))
     assert in_batch.item() == pytest.approx(expect_b, rel=1e-6)
+
+
+def test_kl_routing_official_trains_the_retriever_only():
+    """kl_routing=official (RocketQAv2's code): the KL's gradient reaches the retriever's scores, not the
+    re-ranker's; both: it reaches the two."""
+    from types import SimpleNamespace
+
+    from tandem.train import load_config
+    from tandem.train.joint import Trainer
+
+    for routing, ce_moves in (("official", False), ("both", True)):
+        cfg = load_config(None, {"mode": "joint", "kl_routing": routing})
+        s_de = torch.randn(2, 4, requires_grad=True)
+        s_ce = torch.randn(2, 4, requires_grad=True)
+        terms = Trainer.losses(SimpleNamespace(cfg=cfg, gate_open=True), s_de, s_ce)
+        g_de, g_ce = torch.autograd.grad(terms["kl"], [s_de, s_ce], allow_unused=True)
+        assert g_de is not None and g_de.abs().sum() > 0
+        assert (g_ce is not None and g_ce.abs().sum() > 0) == ce_moves, routing
+        assert terms["reranker"].requires_grad  # the re-ranker still learns from its own CE

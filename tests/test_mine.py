@@ -52,7 +52,7 @@ def _lists(path):
 
 def test_planted_false_negative_becomes_pseudo_positive(planted, tmp_path):
     data, qid, pos = planted
-    res = mine(data, tmp_path / "lists.jsonl", reranker=OverlapScorer(), settings=_settings(samples=100),
+    res = mine(data, tmp_path / "lists.jsonl", reranker=OverlapScorer(), settings=_settings(samples=100, near_copy=0.0),
                progress=False)
     lst = _lists(res.lists)[qid]
     undenoised = {e["pid"] for e in lst["negatives"] if e["source"] == "undenoised"}
@@ -100,7 +100,9 @@ def test_rank_mode_cuts(planted, tmp_path):
                       settings=_settings(denoise_by="rank", low_rank=5, high_rank=1, max_pseudo=1)).lists)[qid]
     cands = [e for e in lst["negatives"] if e["source"] == "undenoised"]
     den = [e for e in lst["negatives"] if e["source"] == "denoised"]
-    assert len(den) <= len(cands) - 4  # the re-ranker's top 5 (one may be the labelled positive) are kept out
+    # the re-ranker's top 5 are kept out of the denoised pool: one may be the labelled positive, one is the planted
+    # near copy of it (in neither pool)
+    assert "copy" not in {e["pid"] for e in lst["negatives"]} and len(den) <= len(cands) - 3
     assert sum(bool(e.get("pseudo")) for e in lst["positives"]) == 1
 
 
@@ -193,3 +195,45 @@ def test_low_threshold_from_held_out_positives(planted, tmp_path):
     for o in _lists(res.lists).values():
         assert all(e["ce"] < low for e in o["negatives"] if e["source"] == "denoised")
     assert "quantile of the held-out positives" in (tmp_path / "q.report.md").read_text()
+
+
+def test_denoise_queries_scores_a_hash_chosen_subset(planted, tmp_path):
+    """A budgeted denoising scores n queries (the held-out calibration ones first, the rest by a hash of the id,
+    whatever the order) and writes their lists alone."""
+    from tandem.mine import denoise_subset
+    from tandem.train.lists import heldout_qids
+
+    data, _, _ = planted
+    full = _lists(mine(data, tmp_path / "all.jsonl", reranker=OverlapScorer(), settings=_settings(),
+                       progress=False).lists)
+    res = mine(data, tmp_path / "some.jsonl", reranker=OverlapScorer(), settings=_settings(denoise_queries=5),
+               progress=False)
+    some = _lists(res.lists)
+    assert len(some) == 5 and set(some) < set(full)
+    assert all(some[q] == full[q] for q in some)  # the same lists, fewer of them
+    held = heldout_qids(list(full), 0.1)
+    assert held <= set(some)
+    qids = list(full)
+    assert denoise_subset(qids, 5, held) == denoise_subset(qids[::-1], 5, held) == set(some)
+    assert denoise_subset(qids, 0, held) is None and denoise_subset(qids, len(qids), held) is None
+
+
+class LowScorer:
+    """Scores every pair as clearly irrelevant: every scored candidate would be a denoised negative."""
+
+    def predict(self, pairs, batch_size=32, progress=False):
+        return np.full(len(pairs), -9.0, dtype=np.float32)
+
+
+def test_near_copy_of_a_positive_is_never_a_negative(planted, tmp_path):
+    """The false negative the augmentation exists to remove: a near copy of the labelled positive stays out of
+    both pools whatever the denoiser scores it (it scores everything as irrelevant here)."""
+    data, qid, pos = planted
+    res = mine(data, tmp_path / "l.jsonl", reranker=LowScorer(), settings=_settings(), progress=False)
+    lst = _lists(res.lists)[qid]
+    negatives = {e["pid"] for e in lst["negatives"]}
+    assert "copy" not in negatives and pos not in negatives
+    assert any(e["source"] == "denoised" for e in lst["negatives"])  # the rest was denoised as usual
+    assert res.report["denoising"]["near_copies_of_positives"] >= 1
+    off = mine(data, tmp_path / "off.jsonl", reranker=LowScorer(), settings=_settings(near_copy=0.0), progress=False)
+    assert "copy" in {e["pid"] for e in _lists(off.lists)[qid]["negatives"] if e["source"] == "denoised"}

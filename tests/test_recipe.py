@@ -104,9 +104,12 @@ def test_cost_model_for_a_full_size_config_without_the_data(tmp_path):
     def secs(out, stage):
         return float(next(l for l in out.splitlines() if l.startswith(stage)).split("~")[1].split()[0])
 
-    # 30,000 joint steps x 16 lists x (2 x 128 + 1) sequences at 500 sequences/s, spread over the devices
-    assert secs(one, "joint") == pytest.approx(30000 * 16 * 257 / 500 + 30, rel=1e-3)
-    assert secs(eight, "joint") == pytest.approx(30000 * 16 * 257 / 500 / 8 + 30, rel=1e-3)
+    # 30,000 joint steps x 16 lists x (2 x 128 + 1) sequences at 500 sequences/s, spread over the devices, and
+    # 32 held-out evaluations (start, every 1,000 steps, end) of 1,006 lists (0.2%) x 128 passages through the
+    # retriever (1,000 passages/s) and the re-ranker (800 pairs/s at 160 tokens)
+    heldout = 32 * 1006 * 128 * (1 / 1000 + 1 / 800)
+    assert secs(one, "joint") == pytest.approx(30000 * 16 * 257 / 500 + 30 + heldout, rel=1e-3)
+    assert secs(eight, "joint") == pytest.approx((30000 * 16 * 257 / 500 + heldout) / 8 + 30, rel=1e-3)
     assert secs(one, "zs-index") == pytest.approx(8841823 / 1000 + 10, rel=1e-3)
     assert "peak ~" in one and "on 8 device(s)" in eight
 
@@ -233,7 +236,7 @@ def test_validation_decides_what_is_used(tiny_model_dir, tmp_path):
     it; the headline is the best system on validation, the depth of re-ranking is chosen there too."""
     data = _dataset_with_dev(tmp_path)
     out = tmp_path / "run"
-    cfg = _cfg(tiny_model_dir, data, retriever_warmup_steps=2, rerank_depths=[3, 5], joint_steps=2)
+    cfg = _cfg(tiny_model_dir, data, retriever_warmup_steps=2, rerank_depths=[3, 5], joint_steps=2, adopt_p=1.0)
     report = run_recipe(cfg, out, progress=False)
     assert report["validation"]["source"] == "dev" and report["validation"]["queries"] == 9
     systems = report["systems"]
@@ -243,6 +246,7 @@ def test_validation_decides_what_is_used(tiny_model_dir, tmp_path):
     # the headline is the best on validation (never chosen on test), training-free on a tie
     best = max(v["val"]["nDCG@10"] for v in systems.values())
     assert systems[report["headline"]]["val"]["nDCG@10"] == best
+    assert all("one-sided p" in d for d in report["decisions"] if "validation nDCG@10" in d and "vs" in d)
     assert report["selected"]["system"] == report["headline"]
     # each trained row against its start, with the decision that follows from the validation numbers
     joint = systems["joint-retriever"]
@@ -282,6 +286,25 @@ def test_adopt_keeps_the_start_when_training_does_not_help(tiny_model_dir, tmp_p
     assert json.loads((out / "hybrid" / "done.json").read_text())["settings"]["first"] == "zero-shot"
     assert not report["selected"]["trained"] and "no trained system beats" in report["selected"]["note"]
     assert any("no gain on validation: kept zero-shot" in d for d in report["decisions"])
+
+
+def test_a_gain_within_the_noise_is_no_gain(tiny_model_dir, tmp_path):
+    """adopt_p: a trained model whose validation lead is not significant is not adopted; with adopt_p = 1 the
+    mean alone decides. The decisions the report records follow from the per-query validation scores."""
+    from tandem.eval.stats import paired_test
+    from tandem.eval.metrics import evaluate_per_query
+    from tandem.data import load_beir, read_run
+
+    data = _dataset_with_dev(tmp_path)
+    out = tmp_path / "run"
+    report = run_recipe(_cfg(tiny_model_dir, data, joint_steps=2, adopt_p=0.05), out, progress=False)
+    dev = load_beir(data, "dev").qrels
+    joint = report["systems"]["joint-retriever"]
+    a = {q: v["nDCG@10"] for q, v in evaluate_per_query(read_run(out / "joint-index" / "val.trec"), dev).items()}
+    b = {q: v["nDCG@10"] for q, v in evaluate_per_query(read_run(out / "zero-shot" / "val.trec"), dev).items()}
+    t = paired_test(a, b)
+    one_sided = t["p"] / 2 if t["diff"] > 0 else 1 - t["p"] / 2
+    assert joint["adopted"] == (t["diff"] > 0 and one_sided < 0.05)
 
 
 def test_heldout_validation_and_its_absence(tiny_model_dir, tiny_dataset, tmp_path):

@@ -295,3 +295,20 @@ def test_joint_step_on_gpu_with_bf16(setup, tmp_path):
     r, ce = _models(model_dir, cfg)
     result = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, r, ce, progress=False).train()
     assert result.steps == 2 and all(np.isfinite(v) for v in result.final_losses.values())
+
+
+def test_heldout_lists_are_keyed_by_query_and_their_evaluation_can_be_capped(setup, tmp_path):
+    """Held-out lists are those whose query id hashes into the fraction; heldout_eval_lists evaluates on fewer of
+    them, and the rest still never reach training."""
+    from tandem.train.lists import heldout_qids
+
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="retriever", heldout_fraction=0.4, max_steps=1)
+    full = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "a", *_models(model_dir, cfg), progress=False)
+    held = heldout_qids([lst.qid for lst in lists], 0.4)
+    assert {lst.qid for lst in full.heldout} == held and not held & {lst.qid for lst in full.lists}
+    capped_cfg = _cfg(mode="retriever", heldout_fraction=0.4, max_steps=1, heldout_eval_lists=1)
+    capped = Trainer(capped_cfg, ds.corpus, ds.queries, lists, tmp_path / "b", *_models(model_dir, capped_cfg),
+                     progress=False)
+    assert len(capped.heldout) == 1 and capped.heldout[0].qid in held
+    assert [lst.qid for lst in capped.lists] == [lst.qid for lst in full.lists]

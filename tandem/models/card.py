@@ -20,7 +20,9 @@ def write_card(path: str | Path, kind: str, base: str, settings: dict[str, Any],
     elif architecture == "gated":
         load = ("This is tandem's gated cross-encoder (see `tandem/models/gated.py`): its score mixes the\n"
                 "bi-encoder cosine, a word-piece BM25 term and an interaction head over gated cross-attention,\n"
-                "so it is not a plain sequence classifier and sentence-transformers' CrossEncoder cannot load it.\n"
+                "so it is not a plain sequence classifier: its transformer body sits in `body/`, and\n"
+                "sentence-transformers' CrossEncoder and AutoModelForSequenceClassification refuse the directory\n"
+                "(no config.json at its top) rather than load it with a random classifier.\n"
                 "Load it with tandem (`tandem rerank --reranker DIR`, `tandem train --reranker DIR`, or):\n\n"
                 "```python\nfrom tandem.models.reranker import Reranker\n"
                 "ce = Reranker.from_pretrained(\"DIR\")\nce.predict([(\"a query\", \"a passage\")])\n```\n")

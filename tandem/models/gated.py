@@ -44,6 +44,7 @@ from tandem.models.pooling import pool
 from tandem.models.reranker import CONFIG_FILE, Reranker, RerankerSettings
 
 HEAD_FILE = "gated_head.pt"
+BODY_DIR = "body"  # the transformer body's own directory inside a saved gated re-ranker
 IDF_FILE = "idf.npy"
 
 
@@ -112,10 +113,13 @@ class GatedReranker(Reranker):
     def load(cls, path: str | os.PathLike, **overrides) -> "GatedReranker":
         path = Path(path)
         info = json.loads((path / CONFIG_FILE).read_text())
+        # the body lives in body/ so that the directory does not pass for a plain classifier (see save); models
+        # saved before kept it at the top
+        body = path / BODY_DIR if (path / BODY_DIR / "config.json").exists() else path
         extra = info.pop("gated", {})
         s = RerankerSettings(**{**info, **{k: v for k, v in overrides.items() if v is not None}})
         idf = np.load(path / IDF_FILE) if (path / IDF_FILE).exists() else None
-        model = cls(load_backbone(str(path)), load_tokenizer(str(path)), s, str(path), idf, extra.get("avg_len", 0.0),
+        model = cls(load_backbone(str(body)), load_tokenizer(str(body)), s, str(path), idf, extra.get("avg_len", 0.0),
                     pooling=extra.get("pooling", "mean"), lexical=extra.get("lexical", "raw"))
         extras = torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True)
         missing = set(extras) ^ {k for k in model.state_dict() if not k.startswith("model.")}
@@ -189,8 +193,13 @@ class GatedReranker(Reranker):
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        # subtle: the transformer body goes to body/, not the top. At the top its config.json would let
+        # sentence_transformers.CrossEncoder(dir) and AutoModelForSequenceClassification load the directory with
+        # a newly initialised classifier (a warning only) and score at random; without it they fail loudly.
+        for stale in ("config.json", "model.safetensors", "pytorch_model.bin"):
+            (path / stale).unlink(missing_ok=True)
+        self.model.save_pretrained(path / BODY_DIR, safe_serialization=True)
+        self.tokenizer.save_pretrained(path / BODY_DIR)
         extras = {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
         torch.save(extras, path / HEAD_FILE)
         if self.idf is not None:

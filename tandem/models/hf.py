@@ -88,6 +88,7 @@ def model_fingerprint(name: str) -> str:
 
     h = hashlib.sha256()
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    files += sorted(path.glob("body/*.safetensors")) + sorted(path.glob("*.pt"))  # a gated re-ranker's parts
     for f in files:
         h.update(sha256_file(f).encode())
     return h.hexdigest()[:16] if files else name

@@ -43,6 +43,9 @@ class TrainConfig:
     kl_direction: str = _f("ce_to_de", "ce_to_de: KL(P_ce || P_de) as the paper's code; de_to_ce: the reverse")
     kl_reduction: str = _f("batchmean", "batchmean: per-query KL averaged; mean: divided by list size too (Paddle)")
     kl_weight: float = _f(1.0, "weight of the KL term")
+    kl_routing: str = _f("both", "joint mode: official (RocketQAv2's code: the KL's gradient reaches the retriever "
+                                 "only; the re-ranker learns from its own CE) or both (the KL also pulls the "
+                                 "re-ranker toward the retriever)")
     kl_gate: bool = _f(False, "the KL term reaches the retriever only while the re-ranker beats it on held-out "
                               "lists (checked at each evaluation; needs heldout_fraction > 0)")
     retriever_ce_weight: float = _f(0.0, "weight of an extra listwise CE on the retriever's own scores")
@@ -65,7 +68,9 @@ class TrainConfig:
     eval_every: int = _f(0, "evaluate on held-out lists every N steps (0: only at start and end)")
     eval_corpus: bool = _f(False, "held-out evaluation also retrieves over the whole corpus with the retriever "
                                   "(nDCG@10, RR@10, R@100 of the held-out queries; encodes the corpus each time)")
-    heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (fixed seed)")
+    heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (by a hash of the query id)")
+    heldout_eval_lists: int = _f(0, "evaluate on this many of the held-out lists at most (a fixed subset; 0: all): "
+                                    "the others stay out of training all the same")
     allow_untrained_reranker: bool = _f(False, "let joint/static start from a re-ranker with a new, untrained head")
     device: str = _f("auto", "auto, cpu or cuda")
     precision: str = _f("auto", "auto, fp32 or bf16: bf16 autocast (fp32 weights) where auto finds native bf16 "
@@ -80,6 +85,7 @@ class TrainConfig:
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (self.kl_direction in ("ce_to_de", "de_to_ce"), "kl_direction must be ce_to_de or de_to_ce"),
             (self.kl_reduction in ("batchmean", "mean"), "kl_reduction must be batchmean or mean"),
+            (self.kl_routing in ("official", "both"), "kl_routing must be official or both"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.reranker_arch in ("cross", "gated"), "reranker_arch must be cross or gated"),
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),

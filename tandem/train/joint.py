@@ -3,8 +3,11 @@
 Per step, each of B lists holds a positive and G-1 negatives. The retriever gives s_de (B, G),
 the re-ranker s_ce (B, G); the loss depends on the mode:
 
-- ``joint``:     L = w_kl * KL(P_ce || P_de) + CE(s_ce) [+ w_r * CE(s_de / tau)], nothing detached,
-                 both optimisers step (the paper's dynamic distillation).
+- ``joint``:     L = w_kl * KL(P_ce || P_de) + CE(s_ce) [+ w_r * CE(s_de / tau)], both optimisers step
+                 (the paper's dynamic distillation). ``kl_routing=official`` (RocketQAv2's code, where
+                 Paddle's kldiv_loss has no gradient for its target) detaches the re-ranker inside the KL, so
+                 the KL trains the retriever only and the re-ranker learns from its CE; ``both`` lets the KL
+                 pull the re-ranker toward the retriever as well.
 - ``static``:    the re-ranker is frozen and is a constant teacher: L = w_kl * KL [+ w_r * CE].
 - ``retriever``: InfoNCE on the retriever's list (optionally in-batch negatives).
 - ``reranker``:  listwise CE, or pointwise BCE, on the re-ranker alone.
@@ -79,11 +82,20 @@ def _linear_schedule(optimizer, warmup: int, total: int):
 
 
 def list_metrics(scores: Tensor) -> dict[str, float]:
-    """nDCG@10, MRR@10 and accuracy@1 of the positive (column 0) within each list, averaged."""
-    rank = (scores[:, 1:] > scores[:, :1]).sum(1).float() + 1  # (B,) rank of the positive; ties favour it
+    """Metrics of the positive (column 0) within each list, averaged: nDCG@10, MRR@10, accuracy@1, and two
+    continuous ones that move with every list (``ce``: listwise cross-entropy, ``p_pos``: the softmax probability
+    of the positive).
+
+    Ties count against the positive (pessimistic): a scorer that gives every passage the same score ranks the
+    positive last, not first.
+    """
+    scores = scores.float()
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(1).float() + 1  # (B,) rank of the positive; ties go against it
     ndcg = torch.where(rank <= 10, 1.0 / torch.log2(rank + 1), torch.zeros_like(rank))
     rr = torch.where(rank <= 10, 1.0 / rank, torch.zeros_like(rank))
-    return {"nDCG@10": ndcg.mean().item(), "MRR@10": rr.mean().item(), "acc@1": (rank == 1).float().mean().item()}
+    log_p = torch.log_softmax(scores, dim=-1)[:, 0]  # (B,)
+    return {"nDCG@10": ndcg.mean().item(), "MRR@10": rr.mean().item(), "acc@1": (rank == 1).float().mean().item(),
+            "ce": (-log_p).mean().item(), "p_pos": log_p.exp().mean().item()}
 
 
 @dataclass
@@ -141,6 +153,11 @@ class Trainer:
         # held-out lists: a fixed split by query id, independent of the training seed and of the list count
         held = set(heldout_indices([lst.qid for lst in lists], cfg.heldout_fraction))
         self.heldout = [lists[i] for i in sorted(held)]
+        if cfg.heldout_eval_lists and len(self.heldout) > cfg.heldout_eval_lists:  # cheaper diagnostics
+            from tandem.train.lists import _qid_unit
+
+            keep = {lst.qid for lst in sorted(self.heldout, key=lambda l: _qid_unit(l.qid))[: cfg.heldout_eval_lists]}
+            self.heldout = [lst for lst in self.heldout if lst.qid in keep]
         self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:
             raise TandemError("no training lists left (empty lists file, or heldout_fraction too large)")
@@ -195,7 +212,7 @@ class Trainer:
         elif cfg.mode == "reranker":
             terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
         else:
-            teacher = s_ce if cfg.mode == "joint" else s_ce.detach()
+            teacher = s_ce if cfg.mode == "joint" and cfg.kl_routing == "both" else s_ce.detach()
             student = s_de if self.gate_open else s_de.detach()  # a closed gate keeps KL off the retriever
             terms["kl"] = cfg.kl_weight * rocketqa_kl(teacher, student, cfg.temperature, cfg.kl_direction,
                                                       cfg.kl_reduction)
