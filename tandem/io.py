@@ -10,8 +10,11 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from tandem.errors import DataFormatError
 
 FORMAT_VERSION = 1
 
@@ -19,14 +22,75 @@ FORMAT_VERSION = 1
 def open_text(path: str | os.PathLike, mode: str = "rt") -> IO[str]:
     """Open a text file for reading or writing, gzip-compressed when the name ends in ``.gz``.
 
-    Reading is tolerant of CRLF: Python's universal newlines turn ``\\r\\n`` into ``\\n``.
+    Reading is tolerant of CRLF (Python's universal newlines turn ``\\r\\n`` into ``\\n``) and of a
+    UTF-8 byte-order mark, which many Windows tools write. A missing file, bytes that are not UTF-8
+    and a truncated or corrupt gzip stream raise :class:`DataFormatError` naming the file (and the
+    line, while iterating), never a bare decoder or zlib error.
     """
     path = Path(path)
     if "b" in mode:
         raise ValueError("open_text opens text only")
-    if path.suffix == ".gz":
-        return gzip.open(path, mode, encoding="utf-8")  # type: ignore[return-value]
-    return open(path, mode, encoding="utf-8")
+    writing = any(c in mode for c in "wax+")
+    if not writing:
+        if not path.exists():
+            raise DataFormatError(path, "no such file")
+        if path.is_dir():
+            raise DataFormatError(path, "is a directory, expected a file")
+    try:
+        if writing:
+            return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as e:
+        raise DataFormatError(path, f"cannot open: {e.strerror or e}") from None
+    return _CheckedText(raw, path)  # type: ignore[return-value]
+
+
+class _CheckedText:
+    """A read-only text file decoded line by line, so that a decoding or decompression error names the file and
+    the line it is on. CRLF is read as LF; a UTF-8 byte-order mark at the start is dropped."""
+
+    def __init__(self, raw: IO[bytes], path: Path):
+        self._raw, self._path, self._line = raw, path, 0
+
+    def _decode(self, data: bytes) -> str:
+        if self._line == 1 or (self._line == 0 and data):
+            data = data.removeprefix(b"\xef\xbb\xbf")
+        try:
+            return data.decode("utf-8").replace("\r\n", "\n")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(self._path, f"not UTF-8 text (byte {data[e.start:e.start + 1]!r} at column "
+                                              f"{e.start + 1}: {e.reason}); re-encode the file as UTF-8",
+                                  max(self._line, 1)) from None
+
+    def _read(self, fn):
+        try:
+            return fn()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise DataFormatError(self._path, f"truncated or corrupt gzip data ({type(e).__name__}: {e}); "
+                                              "download or compress the file again", self._line + 1) from None
+
+    def readline(self) -> str:
+        data = self._read(self._raw.readline)
+        if not data:
+            return ""
+        self._line += 1
+        return self._decode(data)
+
+    def __iter__(self) -> Iterator[str]:
+        while line := self.readline():
+            yield line
+
+    def read(self, size: int = -1) -> str:
+        return self._decode(self._read(lambda: self._raw.read(size)))
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "_CheckedText":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _fsync_dir(path: Path) -> None:

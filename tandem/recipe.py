@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from tandem.errors import ConfigError, TandemError
 from tandem.io import atomic_open, manifest, read_json, write_json
@@ -46,6 +46,9 @@ def default_rates() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class RecipeConfig:
+    # the names `tandem train` uses for the same settings, accepted here too
+    ALIASES: ClassVar[dict[str, str]] = {"passage_max_length": "max_length"}
+
     data: str = _f("scifact", "dataset name or directory (BEIR, or MS MARCO passage files)")
     train_split: str = _f("train", "qrels split of the training queries")
     eval_split: str = _f("auto", "qrels split the report evaluates on (auto: test where the data has it, else dev)")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tandem.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -88,13 +91,27 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def read_settings_file(path: str | Path, section: str | None = None) -> dict[str, Any]:
-    text = Path(path).read_text()
+    from tandem.io import open_text
+
+    with open_text(path) as f:
+        text = f.read()
+    if not text.strip():
+        raise ConfigError(f"{path}: file is empty: expected a mapping of settings (key: value per line)")
     if str(path).endswith(".json"):
-        loaded = json.loads(text)
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     else:
         import yaml
 
-        loaded = yaml.safe_load(text) or {}
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e}); expected a mapping "
+                              "of settings, key: value per line") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     if section and isinstance(loaded.get(section), dict):
@@ -110,9 +127,17 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: dict[
         overrides = parse_overrides(overrides)
     values.update(overrides or {})
     fields = {f.name for f in dataclasses.fields(cls)}
+    for other, name in getattr(cls, "ALIASES", {}).items():  # the spelling another command uses for a setting
+        if other in values and name not in values:
+            log.info("setting %r is called %r here; using it as %s", other, name, name)
+            values[name] = values.pop(other)
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
+        import difflib
+
+        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, fields, 2))}?)"
+                 if difflib.get_close_matches(k, fields, 1) else k for k in unknown]
+        raise ConfigError(f"unknown setting(s) {', '.join(hints)}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     return cls(**{k: coerce(k, v, hints[k]) for k, v in values.items()})
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from tandem.data.types import Run
 from tandem.errors import IncompatibleArtifactError, TandemError
-from tandem.io import atomic_dir, manifest, read_json, write_json
+from tandem.io import atomic_dir, manifest, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,9 @@ class DenseIndex:
         with atomic_dir(path) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
-            write_json(tmp / "manifest.json", manifest("dense-index", **self.info))
+            # checksums of the two data files, verified on load: a flipped bit is an error, not other scores
+            sums = {"sha256": {f: sha256_file(tmp / f) for f in ("index.faiss", "ids.txt")}}
+            write_json(tmp / "manifest.json", manifest("dense-index", **{**self.info, **sums}))
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect: dict[str, Any] | None = None) -> "DenseIndex":
@@ -134,11 +136,27 @@ class DenseIndex:
             if not (path / f).exists():
                 raise IncompatibleArtifactError(f"{path}: not a tandem index (missing {f}); build one with tandem index")
         info = read_json(path / "manifest.json")
-        if info.get("kind") != "dense-index":
-            raise IncompatibleArtifactError(f"{path}/manifest.json: kind is {info.get('kind')!r}, expected 'dense-index'")
+        if not isinstance(info, dict) or info.get("kind") != "dense-index":
+            kind = info.get("kind") if isinstance(info, dict) else type(info).__name__
+            raise IncompatibleArtifactError(f"{path}/manifest.json: kind is {kind!r}, expected 'dense-index'; "
+                                            "rebuild the index with tandem index")
         check_compatible(info, expect or {}, path)
-        ids = (path / "ids.txt").read_text(encoding="utf-8").splitlines()
-        index = faiss.read_index(str(path / "index.faiss"))
+        for name, want in (info.get("sha256") or {}).items():  # indexes built before checksums have none
+            if sha256_file(path / name) != want:
+                raise IncompatibleArtifactError(f"{path}/{name}: checksum differs from the manifest's (the file is "
+                                                "damaged or was replaced); rebuild the index with tandem index")
+        from tandem.io import open_text
+
+        with open_text(path / "ids.txt") as f:
+            ids = f.read().splitlines()
+        try:
+            index = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as e:
+            raise IncompatibleArtifactError(f"{path}/index.faiss: not a readable FAISS index ({str(e).splitlines()[0]}); "
+                                            "rebuild the index with tandem index") from None
+        if index.ntotal != len(ids):
+            raise IncompatibleArtifactError(f"{path}: index.faiss holds {index.ntotal} vectors but ids.txt {len(ids)} "
+                                            "ids; rebuild the index with tandem index")
         return cls(index, ids, info)
 
 

@@ -33,7 +33,11 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> str:
         if not path.is_dir():
             raise ModelLoadError(f"{path}: a model must be a directory (with config.json), not a file")
         return str(path)
-    return str(name_or_dir)
+    name = str(name_or_dir)
+    if name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name.endswith("/"):
+        raise ModelLoadError(f"{name}: no such directory, and not a Hugging Face model id either (ids look like "
+                             "ORG/NAME); give an existing model directory or a hub id")
+    return name
 
 
 def load_tokenizer(name: str):

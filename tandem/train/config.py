@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tandem.errors import ConfigError
 from tandem.settings import describe as _describe
@@ -18,6 +18,9 @@ MODES = ("joint", "static", "retriever", "reranker")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # the recipe's names for the same settings (tandem recipe / demo configs), accepted here too
+    ALIASES: ClassVar[dict[str, str]] = {"max_length": "passage_max_length"}
+
     mode: str = _f("joint", "joint (dynamic listwise distillation), static (frozen re-ranker teacher), "
                             "retriever (contrastive alone), reranker (alone)")
     reranker_loss: str = _f("listwise", "re-ranker objective: listwise (CE over the list) or pointwise (BCE)")
