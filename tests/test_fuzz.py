@@ -92,6 +92,14 @@ def world(tmp_path, tiny_model_dir, capsys):
     shutil.copytree(tmp_path / "ck", tmp_path / "ck.orig")  # restored after each case
     resume = [*ckpt_run[:-6], "max_steps=3", *ckpt_run[-5:], "--resume"]
     search = ["search", "--index", index, "--data", data, "--k", 5, "--out", out]
+    # a model directory and a gated re-ranker's
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    from tandem.models.gated import GatedReranker
+
+    GatedReranker.from_body(str(tiny_model_dir), corpus=["protein cell", "gene"], max_length=48).save(tmp_path / "gated")
+    encode = ["index", "--data", data, "--out", tmp_path / "idx2", "--model", model, "--max-length", 32]
+    rerank = ["rerank", "--run", run, "--data", data, "--reranker", tmp_path / "gated", "--k", 3, "--out", out]
     kinds = {
         "corpus": (data / "corpus.jsonl", [["data", "check", data], ["bm25", "--data", data, "--out", out]]),
         "queries": (data / "queries.jsonl", [["data", "check", data], ["bm25", "--data", data, "--out", out]]),
@@ -108,6 +116,10 @@ def world(tmp_path, tiny_model_dir, capsys):
         "index-faiss": (index / "index.faiss", [search]),
         "checkpoint-state": (step / "state.pt", [resume]),
         "checkpoint-json": (step / "state.json", [resume]),
+        "model-config": (model / "config.json", [encode]),
+        "model-weights": (model / "model.safetensors", [encode]),
+        "reranker-config": (tmp_path / "gated" / "tandem_reranker.json", [rerank]),
+        "reranker-head": (tmp_path / "gated" / "gated_head.pt", [rerank]),
     }
     return tmp_path, kinds, out
 
@@ -124,7 +136,7 @@ def test_damaged_inputs_fail_cleanly(world, capsys, monkeypatch):
         for dmg in DAMAGES:
             if dmg == "gzip-cut" and kind not in ("corpus", "queries"):
                 continue
-            binary = kind in ("index-faiss", "checkpoint-state")
+            binary = kind in ("index-faiss", "checkpoint-state", "model-weights", "reranker-head")
             if binary and dmg in ("utf16", "latin1", "bom"):  # text damages: not for binary files
                 continue
             target = path.with_name(path.name + ".gz") if dmg == "gzip-cut" else path
@@ -148,11 +160,13 @@ def test_damaged_inputs_fail_cleanly(world, capsys, monkeypatch):
                         bad.append("output overwritten by a failed run")
                 else:
                     counts["harmless"] += 1
-                if dmg == "bom" and code != 0 and not kind.startswith(("index", "checkpoint")):
+                if dmg == "bom" and code != 0 and not kind.startswith(("index", "checkpoint", "model", "reranker")):
                     bad.append("a byte-order mark was not read")
                 # damage that leaves no valid file behind must be caught (a cut at a line end, or bit flips in a
                 # text file, can leave valid data; a flipped bit in a binary file breaks its checksum)
-                must_fail = dmg in ("utf16", "latin1", "empty", "gzip-cut") or (binary and dmg == "bitflip")
+                # (a model's weights carry no checksum: a flipped bit there can load as other weights)
+                must_fail = dmg in ("utf16", "latin1", "empty", "gzip-cut") or (
+                    binary and dmg == "bitflip" and not kind.startswith(("model", "reranker")))
                 if must_fail and code != 2:
                     bad.append("damage not detected")
                 seen.append(f"{kind} / {dmg} / {args[0]}: exit {code}: "
@@ -161,7 +175,7 @@ def test_damaged_inputs_fail_cleanly(world, capsys, monkeypatch):
                     failures.append(f"{kind} / {dmg} / {' '.join(map(str, args[:2]))}: {bad}: {text[-300:]}")
             target.unlink()
             path.write_bytes(original)
-            for d in ("t", "t2"):
+            for d in ("t", "t2", "idx2"):
                 shutil.rmtree(tmp_path / d, ignore_errors=True)
             shutil.rmtree(tmp_path / "ck")  # a resumed run moves the latest checkpoint on: start each case anew
             shutil.copytree(tmp_path / "ck.orig", tmp_path / "ck")

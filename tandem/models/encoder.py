@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import POOLING_MODES, pool
 from tandem.utils import inference_autocast, progress_bar
+from tandem.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,17 @@ def read_st_settings(path: Path) -> dict:
     """Pooling, normalisation and max length recorded in a sentence-transformers (or tandem) directory."""
     found: dict = {}
     if (path / SETTINGS_FILE).exists():
-        found.update(json.loads((path / SETTINGS_FILE).read_text()))
+        found.update(read_json(path / SETTINGS_FILE))
         return found
     modules = path / "modules.json"
     if modules.exists():
-        mods = json.loads(modules.read_text())
+        mods = read_json(modules)
         found["normalize"] = any(m.get("type", "").endswith("Normalize") for m in mods)
         for m in mods:
             if m.get("type", "").endswith("Pooling"):
                 cfg_path = path / m.get("path", "") / "config.json"
                 if cfg_path.exists():
-                    cfg = json.loads(cfg_path.read_text())
+                    cfg = read_json(cfg_path)
                     mode = cfg.get("pooling_mode")
                     if mode is None:
                         mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
@@ -65,7 +66,7 @@ def read_st_settings(path: Path) -> dict:
                     found["pooling"] = mode
     sbert = path / "sentence_bert_config.json"
     if sbert.exists():
-        msl = json.loads(sbert.read_text()).get("max_seq_length")
+        msl = read_json(sbert).get("max_seq_length")
         if msl:
             found["max_length"] = int(msl)
     return found

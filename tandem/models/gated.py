@@ -39,9 +39,10 @@ from torch import Tensor, nn
 
 from tandem.models.encoder import pad_batch
 from tandem.errors import ModelLoadError
-from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
+from tandem.models.hf import _load_errors, load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import pool
 from tandem.models.reranker import CONFIG_FILE, Reranker, RerankerSettings
+from tandem.io import read_json
 
 HEAD_FILE = "gated_head.pt"
 BODY_DIR = "body"  # the transformer body's own directory inside a saved gated re-ranker
@@ -112,7 +113,7 @@ class GatedReranker(Reranker):
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "GatedReranker":
         path = Path(path)
-        info = json.loads((path / CONFIG_FILE).read_text())
+        info = read_json(path / CONFIG_FILE)
         # the body lives in body/ so that the directory does not pass for a plain classifier (see save); models
         # saved before kept it at the top
         body = path / BODY_DIR if (path / BODY_DIR / "config.json").exists() else path
@@ -121,7 +122,11 @@ class GatedReranker(Reranker):
         idf = np.load(path / IDF_FILE) if (path / IDF_FILE).exists() else None
         model = cls(load_backbone(str(body)), load_tokenizer(str(body)), s, str(path), idf, extra.get("avg_len", 0.0),
                     pooling=extra.get("pooling", "mean"), lexical=extra.get("lexical", "raw"))
-        extras = torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True)
+        try:
+            extras = torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True)
+        except _load_errors() as e:
+            raise ModelLoadError(f"{path / HEAD_FILE}: not a readable gated re-ranker head ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
         missing = set(extras) ^ {k for k in model.state_dict() if not k.startswith("model.")}
         if missing:
             raise ModelLoadError(f"{path / HEAD_FILE}: parameters do not match the gated re-ranker: {sorted(missing)}")

@@ -40,12 +40,22 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> str:
     return name
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged model directory raises: missing or unreadable files, malformed JSON, safetensors
+    or torch archives cut short."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except _load_errors() as e:
         raise ModelLoadError(f"could not load the tokenizer of {name!r}: {e}") from None
 
 
@@ -59,7 +69,7 @@ def load_backbone(name: str, config_overrides: dict | None = None):
             if config.model_type == "bert":
                 return AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
             return AutoModel.from_pretrained(name, config=config)
-    except (OSError, ValueError) as e:
+    except _load_errors() as e:
         raise ModelLoadError(f"could not load model {name!r}: {e}. Pass a Hugging Face id or a local "
                              "directory with config.json and weights") from None
 

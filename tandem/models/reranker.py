@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from tandem.errors import ModelLoadError, TandemError
 from tandem.models.encoder import pad_batch
-from tandem.models.hf import load_tokenizer, quiet_transformers, resolve_model
+from tandem.models.hf import _load_errors, load_tokenizer, quiet_transformers, resolve_model
 from tandem.utils import inference_autocast, progress_bar
+from tandem.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Reranker(nn.Module):
 
         name = resolve_model(name_or_dir)
         path = Path(name)
-        recorded = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else {}
+        recorded = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).exists() else {}
         if recorded.get("architecture") == "gated":
             from tandem.models.gated import GatedReranker
 
@@ -78,7 +79,7 @@ class Reranker(nn.Module):
             with quiet_transformers():
                 model, info = AutoModelForSequenceClassification.from_pretrained(
                     name, num_labels=1, output_loading_info=True, ignore_mismatched_sizes=True)
-        except (OSError, ValueError) as e:
+        except _load_errors() as e:
             raise ModelLoadError(f"could not load re-ranker {name!r}: {e}") from None
         head_missing = any(k.startswith(("classifier", "score", "pre_classifier")) for k in info["missing_keys"]) \
             or bool(info.get("mismatched_keys"))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from tandem.models.encoder import Encoder
 from tandem.models.hf import resolve_model
+from tandem.io import read_json
 
 CONFIG_FILE = "tandem_retriever.json"
 
@@ -62,7 +63,7 @@ class Retriever(nn.Module):
         path = Path(name)
         enc_over = {k: overrides.pop(k) for k in ("pooling", "normalize") if k in overrides}
         if (path / CONFIG_FILE).exists():
-            recorded = json.loads((path / CONFIG_FILE).read_text())
+            recorded = read_json(path / CONFIG_FILE)
             settings = RetrieverSettings(**{**recorded, **{k: v for k, v in overrides.items() if v is not None}})
             if recorded.get("shared", True):
                 enc = Encoder.from_pretrained(name, **enc_over)
