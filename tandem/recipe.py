@@ -104,6 +104,9 @@ class RecipeConfig:
     low_from_positives: float = _f(0.0, "denoising, if > 0: low = this quantile of the held-out labelled positives' "
                                         "probabilities (chosen on held-out queries instead of fixed)")
     reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
+    reranker: str = _f("", "a trained cross-encoder to start the re-ranker from (Hugging Face id or directory, e.g. "
+                           "cross-encoder/ms-marco-MiniLM-L-6-v2, or a sentence-transformers CrossEncoder "
+                           "directory); default: grow one from the retriever")
     rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query (the deepest tried)")
     rerank_depths: list = _f(None, "re-ranking depths tried on validation, the best used on test (default: "
                                    "[rerank_k]); a depth must be <= rerank_k")
@@ -678,7 +681,8 @@ class _Runner:
             if self._adopt(warm, "retriever warm-up"):
                 start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
                 start_system = warm
-        self._train("warmup", "reranker", cfg.warmup_steps, None, start, after=("lists", *start_after))
+        self._train("warmup", "reranker", cfg.warmup_steps, None, cfg.reranker or start,
+                    after=("lists", *(() if cfg.reranker else start_after)))
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"

@@ -346,3 +346,18 @@ def replace_cfg(cfg, **kw):
     from dataclasses import replace
 
     return replace(cfg, **kw)
+
+
+def test_recipe_starts_from_a_pretrained_cross_encoder(tiny_model_dir, tiny_dataset, tmp_path):
+    """reranker=DIR (a saved CrossEncoder, as a hub cross-encoder would be): the warm-up fine-tunes it instead of
+    growing a gated re-ranker, and the joint re-ranker it yields is a plain classifier CrossEncoder loads."""
+    st = pytest.importorskip("sentence_transformers")
+    st.CrossEncoder(str(tiny_model_dir), num_labels=1, max_length=48).save(str(tmp_path / "ce"))
+    out = tmp_path / "run"
+    run_recipe(_cfg(tiny_model_dir, tiny_dataset, reranker=str(tmp_path / "ce")), out, progress=False)
+    warm = json.loads((out / "warmup" / "done.json").read_text())["settings"]
+    assert warm["reranker"] == str(tmp_path / "ce")
+    joint = out / "joint" / "reranker"
+    assert (joint / "config.json").exists()
+    scores = st.CrossEncoder(str(joint)).predict([("protein cell", "protein cell gene")])
+    assert len(scores) == 1

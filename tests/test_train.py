@@ -312,3 +312,22 @@ def test_heldout_lists_are_keyed_by_query_and_their_evaluation_can_be_capped(set
                      progress=False)
     assert len(capped.heldout) == 1 and capped.heldout[0].qid in held
     assert [lst.qid for lst in capped.lists] == [lst.qid for lst in full.lists]
+
+
+def test_a_pretrained_cross_encoder_is_the_starting_point(setup, tmp_path):
+    """A saved sentence-transformers CrossEncoder (or a hub cross-encoder) given as --reranker is loaded as it is,
+    with the same scores, even where reranker_arch=gated would grow a new re-ranker from a bare body."""
+    st = pytest.importorskip("sentence_transformers")
+    from tandem.models.gated import GatedReranker
+    from tandem.train.api import load_models
+
+    ds, lists, model_dir = setup
+    ce = st.CrossEncoder(str(model_dir), num_labels=1, max_length=64)
+    ce.save(str(tmp_path / "ce"))
+    pairs = [("protein cell", "protein cell gene cancer"), ("heart", "mouse tumor")]
+    want = ce.predict(pairs, activation_fn=torch.nn.Identity())
+    _, loaded = load_models(_cfg(mode="reranker", reranker_arch="gated"), None, str(tmp_path / "ce"), ds.corpus)
+    assert not isinstance(loaded, GatedReranker) and loaded.settings.trained
+    np.testing.assert_allclose(loaded.eval().predict(pairs), want, atol=1e-4)
+    _, grown = load_models(_cfg(mode="reranker", reranker_arch="gated"), None, str(model_dir), ds.corpus)
+    assert isinstance(grown, GatedReranker)  # a bare encoder body still grows a gated re-ranker

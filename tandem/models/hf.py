@@ -50,6 +50,18 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError
 
 
+def is_cross_encoder(name: str) -> bool:
+    """Whether a model id or directory is a trained sequence classifier (a cross-encoder such as
+    cross-encoder/ms-marco-MiniLM-L-6-v2 or a saved ``CrossEncoder``), not a bare encoder body."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except _load_errors():
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 

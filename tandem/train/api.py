@@ -23,7 +23,9 @@ def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None,
     """The models a mode needs, seeded so that new heads start the same for the same seed.
 
     With ``reranker_arch=gated``, a re-ranker given as an encoder body (not a trained tandem
-    re-ranker) becomes a :class:`GatedReranker` with word-piece idf from ``corpus``.
+    re-ranker, nor a trained cross-encoder such as a sentence-transformers ``CrossEncoder``
+    directory, which is loaded as it is) becomes a :class:`GatedReranker` with word-piece idf
+    from ``corpus``.
     """
     seed_everything(cfg.seed)
     r = ce = None
@@ -40,10 +42,11 @@ def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None,
         ce = None
         if cfg.reranker_arch == "gated":
             from tandem.models.gated import GatedReranker
-            from tandem.models.hf import resolve_model
+            from tandem.models.hf import is_cross_encoder, resolve_model
             from tandem.models.reranker import CONFIG_FILE
 
-            if not (Path(resolve_model(reranker)) / CONFIG_FILE).exists():
+            name = resolve_model(reranker)
+            if not (Path(name) / CONFIG_FILE).exists() and not is_cross_encoder(name):
                 ce = GatedReranker.from_body(reranker, corpus=corpus, scale=1.0 / cfg.temperature,
                                              gate_init=cfg.gate_init, max_length=cfg.reranker_max_length,
                                              query_max_length=cfg.query_max_length)
