@@ -615,6 +615,7 @@ def _recipe(config: Path, out: Path, overrides: list[str], dry_run: bool, progre
         typer.echo(f"training for {sz['training_lists']} training lists: "
                    + ", ".join(f"{k} {v} ({sz['epochs'][k]} epochs)" for k, v in sz["steps"].items())
                    + (f"; budget {sz['budget_seconds']:.0f} s: steps x {sz['factor']}" if sz["budget_seconds"] else "")
+                   + (f"; evaluation shrunk to fit: {', '.join(sz['evaluation_shrunk'])}" if sz["evaluation_shrunk"] else "")
                    + (" (still over budget at min_steps)" if sz["over_budget"] else "")
                    + f"; {sz['denoised_queries']} queries denoised")
         where = ("this CPU's measured rates" if result["measured_here"] else f"the given rates {result['rates']}")

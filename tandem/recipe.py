@@ -328,10 +328,13 @@ STEP_SETTINGS = {"retriever_warmup_steps": ("retriever_warmup_epochs", "retrieve
 def size_training(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int,
                   n_val: int = 0) -> tuple[RecipeConfig, dict[str, Any]]:
     """The recipe with its training steps fixed for this data: epochs turned into steps, then (with
-    ``budget_minutes``) every training stage shrunk by one factor until the plan fits the budget.
+    ``budget_minutes``) every training stage shrunk by one factor until the plan fits the budget. Where even
+    ``min_steps`` would not fit, the evaluation shrinks first (the deepest re-ranking depth, then the
+    validation queries down to 100) and the training then takes what is left.
 
     Returns the sized config and what was decided (``steps``, ``epochs`` over the training lists,
-    ``factor``, ``planned_seconds``, ``over_budget``), which ``--dry-run`` and the report show.
+    ``factor``, ``evaluation_shrunk``, ``planned_seconds``, ``over_budget``), which ``--dry-run`` and the
+    report show.
     """
     n_lists = max(1, n_train - round(cfg.heldout_fraction * n_train))  # held-out queries train nothing
     wanted = {}
@@ -340,22 +343,38 @@ def size_training(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int,
         wanted[key] = max(1, math.ceil(epochs * n_lists / cfg.stage_shape(stage)[0])) if epochs > 0 \
             else getattr(cfg, key)
 
+    base = cfg
+
     def at(factor: float) -> RecipeConfig:
-        return replace(cfg, **{k: max(min(v, cfg.min_steps), int(factor * v)) if v else 0 for k, v in wanted.items()})
+        return replace(base, **{k: max(min(v, cfg.min_steps), int(factor * v)) if v else 0 for k, v in wanted.items()})
 
     def total(c: RecipeConfig) -> float:
         return sum(plan(c, n_passages, n_train, n_test, n_val).values())
 
-    sized, factor = at(1.0), 1.0
     budget = 60.0 * cfg.budget_minutes
-    if budget > 0 and total(sized) > budget:
+    shrunk = []
+    # over budget even at min_steps: the evaluation shrinks first, the deepest re-ranking depth (the recipe then
+    # cannot choose it), then the validation queries (not below 100: fewer cannot tell models apart)
+    while budget > 0 and total(at(0.0)) > budget:
+        depths = rerank_depths(base)
+        if len(depths) > 1:
+            base = replace(base, rerank_depths=depths[:-1], rerank_k=depths[-2])
+            shrunk.append(f"rerank_depths {depths[:-1]}")
+        elif n_val > 100:
+            n_val = max(100, n_val // 2)
+            base = replace(base, val_max_queries=n_val)
+            shrunk.append(f"val_max_queries {n_val}")
+        else:
+            break
+    sized, factor = at(1.0), 1.0
+    if budget > 0 and total(sized) > budget:  # then every training stage by one factor
         lo, hi = 0.0, 1.0
         for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if total(at(mid)) <= budget else (lo, mid)
         sized, factor = at(lo), lo
     steps = {k: getattr(sized, k) for k in STEP_SETTINGS}
-    info = {"training_lists": n_lists, "steps": steps, "factor": round(factor, 4),
+    info = {"training_lists": n_lists, "steps": steps, "factor": round(factor, 4), "evaluation_shrunk": shrunk,
             "epochs": {k: round(v * sized.stage_shape(STEP_SETTINGS[k][1])[0] / n_lists, 3) for k, v in steps.items()},
             "denoised_queries": denoised_queries(sized, n_train), "planned_seconds": round(total(sized), 1),
             "budget_seconds": budget, "over_budget": bool(budget and total(sized) > budget)}
@@ -491,6 +510,9 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
                  cfg.plan_eval_queries or len(test_ds.qrels), len(val.queries))
     rerank_depths(cfg)
     cfg, sizing = size_training(cfg, *sizes)
+    if val is not None and cfg.val_max_queries < len(val.queries):  # the budget asked for fewer
+        val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
+        sizes = (*sizes[:3], len(val.queries))
     estimate = plan(cfg, *sizes)
     if dry_run:
         import torch
@@ -855,7 +877,9 @@ class _Runner:
             test, val = self._evaluate(sys_), self._evaluate(sys_, "val")
             per_query[name] = (test.pop("_per_query"), val.pop("_per_query") if val else {})
             row = {**test, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(chains.get(name, []))),
-                   "run": str(self.out / sys_["dir"] / sys_["file"]), "val": val, "trained": name not in UNTRAINED}
+                   "run": str(self.out / sys_["dir"] / sys_["file"]), "val": val,
+                   # the hybrid of BM25 and an unadopted retriever is the training-free hybrid again
+                   "trained": name not in UNTRAINED and not (name == "hybrid" and self.first == "zero-shot")}
             if sys_["start"]:
                 row["start"] = sys_["start"]
                 row["adopted"] = sys_["adopted"]
@@ -989,6 +1013,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   + ", ".join(f"{k} {v} ({sizing['epochs'][k]} epochs)" for k, v in sizing["steps"].items())
                   + (f"; shrunk by {sizing['factor']} to fit budget_minutes = {cfg.get('budget_minutes')}"
                      if sizing.get("factor", 1.0) < 1.0 else "")
+                  + (f"; evaluation shrunk to fit: {', '.join(sizing['evaluation_shrunk'])}"
+                     if sizing.get("evaluation_shrunk") else "")
                   + (f" (every stage at min_steps = {cfg.get('min_steps')}, still over budget: the rest is "
                      "encoding and re-ranking)" if sizing.get("over_budget") else "")
                   + f"; {sizing['denoised_queries']} training queries denoised.", ""]

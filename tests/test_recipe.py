@@ -340,6 +340,13 @@ def test_sizes_follow_the_data_and_the_budget(tiny_model_dir, tiny_dataset):
     budget, binfo = size_training(replace_cfg(cfg, budget_minutes=0.5, min_steps=3), 60, 100, 10)
     assert binfo["factor"] < 1 and binfo["planned_seconds"] <= 30 or binfo["over_budget"]
     assert budget.joint_steps < sized.joint_steps and budget.joint_steps >= 3
+    # where even min_steps do not fit, the evaluation shrinks first: the deepest re-ranking depth, then the
+    # validation queries (not below 100); the training then takes what is left
+    heavy = replace_cfg(cfg, budget_minutes=1.0, rerank_depths=[3, 5], rerank_k=5, min_steps=1)
+    tight, tinfo = size_training(heavy, 60, 100, 5000, 400)
+    assert tinfo["evaluation_shrunk"][0] == "rerank_depths [3]" and tight.rerank_depths == [3] and tight.rerank_k == 3
+    assert all("val_max_queries" in x for x in tinfo["evaluation_shrunk"][1:])
+    assert tight.val_max_queries >= 100
 
 
 def replace_cfg(cfg, **kw):
