@@ -179,7 +179,5 @@ def test_damaged_inputs_fail_cleanly(world, capsys, monkeypatch):
                 shutil.rmtree(tmp_path / d, ignore_errors=True)
             shutil.rmtree(tmp_path / "ck")  # a resumed run moves the latest checkpoint on: start each case anew
             shutil.copytree(tmp_path / "ck.orig", tmp_path / "ck")
-    with capsys.disabled():
-        print("\n".join(seen), counts, sep="\n")
-    assert not failures, "\n".join(failures)
+    assert not failures, "\n".join(failures) + "\n\nall cases:\n" + "\n".join(seen)
     assert counts["cases"] >= 80 and counts["clean_errors"] >= 60, counts
