@@ -509,6 +509,7 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
         sizes = (cfg.plan_passages or len(train_ds.corpus), cfg.plan_train_queries or len(train_ds.qrels),
                  cfg.plan_eval_queries or len(test_ds.qrels), len(val.queries))
     rerank_depths(cfg)
+    peer_rows(cfg.peers)  # a damaged peers file fails now, not after the training
     cfg, sizing = size_training(cfg, *sizes)
     if val is not None and cfg.val_max_queries < len(val.queries):  # the budget asked for fewer
         val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
@@ -945,8 +946,18 @@ def peer_rows(path: str) -> dict[str, dict]:
         return {}
     if not Path(path).exists():
         raise ConfigError(f"peers: {path} does not exist (write it with benchmarks/peers_scifact.py --out DIR)")
+    from tandem.errors import DataFormatError
+
+    data = read_json(path)
+    systems = data.get("systems") if isinstance(data, dict) else None
+    if not isinstance(systems, dict) or not all(isinstance(v, dict) for v in systems.values()):
+        raise DataFormatError(path, 'expected {"systems": {NAME: {"nDCG@10": ..., ...}}} as '
+                                    "benchmarks/peers_scifact.py writes it")
     rows = {}
-    for name, vals in read_json(path).get("systems", {}).items():
+    for name, vals in systems.items():
+        bad = [m for m in (*REPORT_MEASURES, "train_seconds") if m in vals and not isinstance(vals[m], (int, float))]
+        if bad:
+            raise DataFormatError(path, f"systems.{name}: {bad[0]} must be a number, found {vals[bad[0]]!r}")
         rows[f"peer:{name}"] = {**{m: vals[m] for m in REPORT_MEASURES if m in vals},
                                 "seconds": vals.get("train_seconds", 0.0), "peer": True}
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -76,6 +77,8 @@ def world(tmp_path, tiny_model_dir, capsys):
                       "joint_steps: 3\n")
     train_cfg = tmp_path / "train.yaml"
     train_cfg.write_text("max_steps: 1\nbatch_size: 2\nlist_size: 2\nmode: retriever\n")
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({"systems": {"st-mnrl": {"nDCG@10": 0.6, "RR@10": 0.5, "train_seconds": 12.0}}}))
     qrels_file = data / "qrels" / "test.tsv"
     out = tmp_path / "out.trec"
     # an index, and a training run with checkpoints, to damage their files
@@ -109,6 +112,7 @@ def world(tmp_path, tiny_model_dir, capsys):
                            tiny_model_dir, "--out", tmp_path / "t", "max_steps=1", "batch_size=2", "list_size=2",
                            "passage_max_length=32", "query_max_length=16"]]),
         "recipe-config": (recipe, [["recipe", recipe, "--dry-run"]]),
+        "peer-results": (peers, [["recipe", recipe, "--dry-run", f"peers={peers}"]]),
         "train-config": (train_cfg, [["train", "--data", data, "--lists", lists, "--config", train_cfg,
                                       "--retriever", tiny_model_dir, "--out", tmp_path / "t2"]]),
         "index-manifest": (index / "manifest.json", [search]),
@@ -179,5 +183,8 @@ def test_damaged_inputs_fail_cleanly(world, capsys, monkeypatch):
                 shutil.rmtree(tmp_path / d, ignore_errors=True)
             shutil.rmtree(tmp_path / "ck")  # a resumed run moves the latest checkpoint on: start each case anew
             shutil.copytree(tmp_path / "ck.orig", tmp_path / "ck")
+    if os.environ.get("TANDEM_FUZZ_REPORT"):  # the table in BENCHMARKS.md: TANDEM_FUZZ_REPORT=1 pytest -s ...
+        with capsys.disabled():
+            print("\n".join(seen), counts, sep="\n")
     assert not failures, "\n".join(failures) + "\n\nall cases:\n" + "\n".join(seen)
     assert counts["cases"] >= 80 and counts["clean_errors"] >= 60, counts
