@@ -41,7 +41,7 @@ def main() -> None:
           "|---|---|---|---|---|---|---|")
     for name in names:
         rows = [r["systems"][name] for r in reports if name in r["systems"]]
-        val = [row["val"]["nDCG@10"] for row in rows if row.get("val")]
+        val = [round(row["val"]["nDCG@10"], 6) for row in rows if row.get("val")]
         row = seeds_row(name, rows)
         adopted = [row.get("adopted") for row in rows if row.get("adopted") is not None]
         first, rest = row.split(" | ", 1)

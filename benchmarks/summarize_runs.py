@@ -40,7 +40,7 @@ def seeds_row(name: str, rows: list[dict], measures=("nDCG@10", "RR@10", "R@100"
     as for a system that does not depend on the seed), then each row's nDCG@10."""
     cells = []
     for m in measures:
-        xs = [row[m] for row in rows if row.get(m) is not None]
+        xs = [round(row[m], 6) for row in rows if row.get(m) is not None]
         cells.append(cell(xs[:1] if len(set(xs)) == 1 else xs))
     per = " / ".join(f"{row['nDCG@10']:.4f}" for row in rows)
     return f"| {name} | {' | '.join(cells)} | {per} |"

@@ -919,7 +919,7 @@ class _Runner:
                     "nDCG@10": systems[chosen]["nDCG@10"],
                     "val_nDCG@10": systems[chosen]["val"]["nDCG@10"] if self.validating else None}
         if self.validating and not systems[chosen]["trained"]:
-            selected["note"] = f"no trained system beats {chosen} on validation: the recipe serves {chosen}"
+            selected["note"] = f"No trained system beats {chosen} on validation: the recipe serves {chosen}"
         systems.update(peer_rows(self.cfg.peers))
         curves = {}
         for stage in ("retriever-warmup", "warmup", "joint", "retriever-only", "retriever-alone"):

@@ -284,7 +284,7 @@ def test_adopt_keeps_the_start_when_training_does_not_help(tiny_model_dir, tmp_p
     joint = json.loads((out / "joint" / "done.json").read_text())["settings"]
     assert joint["retriever"] == str(tiny_model_dir)  # not the rejected warm-up
     assert json.loads((out / "hybrid" / "done.json").read_text())["settings"]["first"] == "zero-shot"
-    assert not report["selected"]["trained"] and "no trained system beats" in report["selected"]["note"]
+    assert not report["selected"]["trained"] and "No trained system beats" in report["selected"]["note"]
     assert any("no gain on validation: kept zero-shot" in d for d in report["decisions"])
 
 
