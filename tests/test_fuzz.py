@@ -95,6 +95,7 @@ def world(tmp_path, tiny_model_dir, capsys):
     shutil.copytree(tmp_path / "ck", tmp_path / "ck.orig")  # restored after each case
     resume = [*ckpt_run[:-6], "max_steps=3", *ckpt_run[-5:], "--resume"]
     search = ["search", "--index", index, "--data", data, "--k", 5, "--out", out]
+    mine = ["mine", "--data", data, "--out", out, "--bm25", "--no-dense", "--top-n", 5]
     # a model directory and a gated re-ranker's
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -104,9 +105,10 @@ def world(tmp_path, tiny_model_dir, capsys):
     encode = ["index", "--data", data, "--out", tmp_path / "idx2", "--model", model, "--max-length", 32]
     rerank = ["rerank", "--run", run, "--data", data, "--reranker", tmp_path / "gated", "--k", 3, "--out", out]
     kinds = {
-        "corpus": (data / "corpus.jsonl", [["data", "check", data], ["bm25", "--data", data, "--out", out]]),
-        "queries": (data / "queries.jsonl", [["data", "check", data], ["bm25", "--data", data, "--out", out]]),
+        "corpus": (data / "corpus.jsonl", [["data", "check", data], ["bm25", "--data", data, "--out", out], mine]),
+        "queries": (data / "queries.jsonl", [["data", "check", data], ["bm25", "--data", data, "--out", out], mine]),
         "qrels": (qrels_file, [["data", "check", data], ["evaluate", run, "--qrels", qrels_file, "--json"]]),
+        "train-qrels": (data / "qrels" / "train.tsv", [mine]),
         "run": (run, [["evaluate", run, "--qrels", qrels_file], ["fuse", run, run, "--out", out]]),
         "lists": (lists, [["train", "--data", data, "--lists", lists, "--mode", "retriever", "--retriever",
                            tiny_model_dir, "--out", tmp_path / "t", "max_steps=1", "batch_size=2", "list_size=2",
@@ -187,4 +189,4 @@ def test_damaged_inputs_fail_cleanly(world, capsys, monkeypatch):
         with capsys.disabled():
             print("\n".join(seen), counts, sep="\n")
     assert not failures, "\n".join(failures) + "\n\nall cases:\n" + "\n".join(seen)
-    assert counts["cases"] >= 80 and counts["clean_errors"] >= 60, counts
+    assert counts["cases"] >= 120 and counts["clean_errors"] >= 100, counts
