@@ -310,9 +310,9 @@ def denoise_subset(qids: list[str], n: int, held: set[str]) -> set[str] | None:
     order of a hash of the id, so the choice is the same whatever the order of ``qids``); None: all."""
     if n <= 0 or n >= len(qids):
         return None
-    import hashlib
+    from tandem.train.lists import qid_unit
 
-    rest = sorted((q for q in qids if q not in held), key=lambda q: hashlib.sha256(f"denoise:{q}".encode()).digest())
+    rest = sorted((q for q in qids if q not in held), key=lambda q: qid_unit(q, "denoise"))
     return set([q for q in qids if q in held] + rest[: max(0, n - len(held))])
 
 
@@ -504,7 +504,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         reranker = str(_warmup(ds, directory, work, cand_path, positives, settings, warmup_steps, warmup_overrides,
                                progress, state))
         seconds["warmup"] = time.perf_counter() - t0
-    calibration = ident = None
+    calibration = ident = only = None
     if reranker is not None:
         from tandem.models.hf import model_fingerprint, resolve_model
         from tandem.models.reranker import Reranker
@@ -539,8 +539,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
 
     t0 = time.perf_counter()
     report = _write_lists(ds, out, cand_path, work / "scores.jsonl" if reranker is not None else None, positives,
-                          calibration, settings, held, denoise_subset(qids, settings.denoise_queries, held)
-                          if reranker is not None else None)
+                          calibration, settings, held, only)
     seconds["lists"] = time.perf_counter() - t0
     report.update({"settings": asdict(settings), "retriever": retriever, "index": str(index) if index else None,
                    "reranker": ident,

@@ -459,10 +459,10 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
     (by a hash of the id, so they are never trained on), else none, with the reason."""
     from tandem.data import load_beir
     from tandem.data.beir import splits
-    from tandem.train.lists import _qid_unit, heldout_qids
+    from tandem.train.lists import heldout_qids, qid_unit
 
     def capped(queries: dict[str, str], qrels) -> tuple[dict[str, str], dict]:
-        keep = sorted((q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())), key=_qid_unit)
+        keep = sorted((q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())), key=qid_unit)
         keep = set(keep[: cfg.val_max_queries])
         return {q: t for q, t in queries.items() if q in keep}, {q: d for q, d in qrels.items() if q in keep}
 
@@ -578,8 +578,7 @@ def val_file(run_file: str) -> str:
     return "val.trec" if run_file == "run.trec" else run_file.removesuffix(".trec") + ".val.trec"
 
 
-# The systems of the report: the stage directory whose run.trec (test) and val.trec (validation) they are,
-# and the stage each is measured against (its starting point; None for the training-free ones).
+# The report's systems that no training produced: the starting points trained systems must beat.
 UNTRAINED = ("bm25", "zero-shot", "hybrid-zero-shot")
 
 
@@ -590,7 +589,7 @@ class _Runner:
         self._scores: dict[tuple[str, str], dict[str, float]] = {}  # (run file, split) -> metrics, evaluated once
         self.model = None if cfg.model == "default" else cfg.model
         # name -> {"dir": stage dir holding run.trec / val.trec, "file": run file name, "start": system it is
-        # measured against, "adopted": bool | None, "note": str}
+        # measured against, "adopted": bool | None, "note": str, "trained": bool}
         self.systems: dict[str, dict[str, Any]] = {}
         self.decisions: list[str] = []
         self.depths: dict[str, int] = {}
@@ -600,13 +599,10 @@ class _Runner:
     def validating(self) -> bool:
         return bool(self.val.queries)
 
-    def _val_score(self, system: str) -> float | None:
-        m = self._evaluate(self.systems[system], "val")
-        return None if m is None else m["nDCG@10"]
-
     def _system(self, name: str, stage: str, file: str = "run.trec", start: str | None = None,
-                note: str = "") -> None:
-        self.systems[name] = {"dir": stage, "file": file, "start": start, "adopted": None, "note": note}
+                note: str = "", trained: bool | None = None) -> None:
+        self.systems[name] = {"dir": stage, "file": file, "start": start, "adopted": None, "note": note,
+                              "trained": name not in UNTRAINED if trained is None else trained}
         self._headline(name)
 
     def _adopt(self, name: str, what: str) -> bool:
@@ -723,7 +719,9 @@ class _Runner:
         if cfg.hybrid:
             st.run("hybrid", {"first": first_stage}, lambda d: fuse(d, ["bm25", first_stage]),
                    after=("bm25", first_stage))
-            self._system("hybrid", "hybrid", start="hybrid-zero-shot", note=f"BM25 + {first}")
+            # the hybrid of BM25 and an unadopted retriever is the training-free hybrid again
+            self._system("hybrid", "hybrid", start="hybrid-zero-shot", note=f"BM25 + {first}",
+                         trained=first != "zero-shot")
         both = cfg.hybrid and cfg.hybrid_rerank  # the hybrid top-k is re-ranked too
         firsts = {"run": first_stage, **({"hybrid": "hybrid"} if both else {})}  # output name -> first stage
         reranker_dir = out / "joint" / "reranker"
@@ -804,7 +802,7 @@ class _Runner:
             n = len(per_query) or 1
             self._scores[key] = {**{m: sum(q[m] for q in per_query.values()) / n for m in REPORT_MEASURES},
                                  "_per_query": {q: v["nDCG@10"] for q, v in per_query.items()}}
-        return {k: v for k, v in self._scores[key].items()} if key in self._scores else None
+        return dict(self._scores[key])  # a copy: the report pops the per-query scores
 
     def _headline(self, system: str) -> None:
         """Log a finished system's test (and validation) metrics at once, so a run cut short still says where
@@ -878,9 +876,7 @@ class _Runner:
             test, val = self._evaluate(sys_), self._evaluate(sys_, "val")
             per_query[name] = (test.pop("_per_query"), val.pop("_per_query") if val else {})
             row = {**test, "seconds": sum(s.get(p, 0.0) for p in dict.fromkeys(chains.get(name, []))),
-                   "run": str(self.out / sys_["dir"] / sys_["file"]), "val": val,
-                   # the hybrid of BM25 and an unadopted retriever is the training-free hybrid again
-                   "trained": name not in UNTRAINED and not (name == "hybrid" and self.first == "zero-shot")}
+                   "run": str(self.out / sys_["dir"] / sys_["file"]), "val": val, "trained": sys_["trained"]}
             if sys_["start"]:
                 row["start"] = sys_["start"]
                 row["adopted"] = sys_["adopted"]

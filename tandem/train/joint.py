@@ -154,9 +154,9 @@ class Trainer:
         held = set(heldout_indices([lst.qid for lst in lists], cfg.heldout_fraction))
         self.heldout = [lists[i] for i in sorted(held)]
         if cfg.heldout_eval_lists and len(self.heldout) > cfg.heldout_eval_lists:  # cheaper diagnostics
-            from tandem.train.lists import _qid_unit
+            from tandem.train.lists import qid_unit
 
-            keep = {lst.qid for lst in sorted(self.heldout, key=lambda l: _qid_unit(l.qid))[: cfg.heldout_eval_lists]}
+            keep = {lst.qid for lst in sorted(self.heldout, key=lambda l: qid_unit(l.qid))[: cfg.heldout_eval_lists]}
             self.heldout = [lst for lst in self.heldout if lst.qid in keep]
         self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:

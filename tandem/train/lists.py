@@ -130,9 +130,10 @@ class Group:
     pids: list[str]
 
 
-def _qid_unit(qid: str) -> float:
-    """A query id's fixed place in [0, 1): the held-out split keys on it."""
-    digest = hashlib.sha256(f"tandem-heldout:{qid}".encode()).digest()
+def qid_unit(qid: str, salt: str = "tandem-heldout") -> float:
+    """A query id's fixed place in [0, 1) for one purpose (``salt``): the held-out split keys on it, and fixed
+    subsets (validation, budgeted denoising) take the queries in its order."""
+    digest = hashlib.sha256(f"{salt}:{qid}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -147,10 +148,10 @@ def heldout_qids(qids: Iterable[str], fraction: float) -> set[str]:
     qids = list(dict.fromkeys(qids))
     if fraction <= 0 or len(qids) < 2:
         return set()
-    held = {q for q in qids if _qid_unit(q) < fraction}
+    held = {q for q in qids if qid_unit(q) < fraction}
     if not held or len(held) == len(qids):
         k = min(max(1, round(fraction * len(qids))), len(qids) - 1)
-        held = set(sorted(qids, key=_qid_unit)[:k])
+        held = set(sorted(qids, key=qid_unit)[:k])
     return held
 
 
