@@ -34,6 +34,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 CPU_RATES = {"encode_per_s": 60.0, "train_seq_per_s": 11.0, "rerank_pairs_per_s": 40.0}
 # the same CPU in bf16 (precision auto on a CPU with AVX-512 BF16): the demo's stages, 2026-11-26
 CPU_RATES_BF16 = {"encode_per_s": 110.0, "train_seq_per_s": 16.0, "rerank_pairs_per_s": 62.0}
+# training steps without attention dropout (fused attention) against with it: 1.22-1.35x on the demo's three
+# training shapes, 2-core EPYC, fp32 (benchmarks/train_memory.py, 2026-12-02)
+FUSED_ATTENTION_SPEEDUP = 1.25
 HYBRID_EXTRA_PAIRS = 1.45
 
 
@@ -186,6 +189,7 @@ class Stages:
         self.out = out
         self.precision = resolve_precision(None, inference_device())
         self.seconds: dict[str, float] = {}
+        self.peak_rss: dict[str, int] = {}  # bytes, sampled while each stage ran (its done.json keeps it)
         self.keys: dict[str, str] = {}
         self.plan = plan or {}
         self.t0 = time.perf_counter()
@@ -209,6 +213,7 @@ class Stages:
         done, started = stage_dir / "done.json", stage_dir / "started.json"
         if done.exists() and read_json(done).get("key") == key:
             self.seconds[name] = float(read_json(done).get("seconds", 0.0))
+            self.peak_rss[name] = int(read_json(done).get("peak_rss_bytes", 0))
             log.info("stage %-16s up to date (%.0fs when run), skipped", name, self.seconds[name])
             return stage_dir
         main = self.rank == 0
@@ -225,15 +230,20 @@ class Stages:
         t0 = time.perf_counter()
         done_n = len(self.seconds) + 1
         label = f"[{done_n}/{len(self.plan) or '?'} {name}, ~{_minutes(left)} left]"
-        if main or every_rank:
-            from tandem.utils import progress_context
+        from tandem.utils import MemoryWatch, progress_context, release_memory
 
-            with progress_context(label):
-                fn(stage_dir)
+        release_memory()  # what the last stage freed goes back to the OS before this one's peak is measured
+        with MemoryWatch() as watch:
+            if main or every_rank:
+                with progress_context(label):
+                    fn(stage_dir)
         self.seconds[name] = time.perf_counter() - t0
+        self.peak_rss[name] = watch.peak
         if main:
-            write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name]))
-            log.info("stage %-16s done in %.0fs", name, self.seconds[name])
+            write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name],
+                                      peak_rss_bytes=watch.peak))
+            log.info("stage %-16s done in %.0fs (peak resident memory %.2f GB)", name, self.seconds[name],
+                     watch.peak / 1e9)
         barrier()
         return stage_dir
 
@@ -278,6 +288,20 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     searched = n_test + n_val
     # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
     extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
+    def fused(stage: str) -> float:
+        """Speed-up of a stage's training steps without attention dropout (the fused attention kernel runs)."""
+        drop = float(cfg.train_overrides("", 0, stage).get("attention_dropout", -1.0))
+        return FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0
+
+    def cached(stage: str, model: str = "retriever") -> float:
+        """Gradient caching (``chunk_size``) runs a model forward once more, ~1/3 of its training cost: the
+        retriever's, and the re-ranker's unless it runs ``reranker_micro_lists`` (exact without caching)."""
+        o = cfg.train_overrides("", 0, stage)
+        micro = int(o.get("reranker_micro_lists", 0) or 0)
+        if not int(o.get("chunk_size", 0) or 0) or (model == "reranker" and 0 < micro < int(o["batch_size"])):
+            return 1.0
+        return 4 / 3
+
     def heldout_eval(stage: str, steps: int, scorers: str) -> float:
         """Seconds of a training stage's held-out list evaluations (at the start, every eval_every, at the end)."""
         o = cfg.train_overrides("", steps, stage)
@@ -291,10 +315,13 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
-           "warmup": cfg.warmup_steps * wb * wl / seq + 30 + heldout_eval("warmup", cfg.warmup_steps, "c"),
+           "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup") + 30
+           + heldout_eval("warmup", cfg.warmup_steps, "c"),
            "denoise": (denoised_queries(cfg, n_train) * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10)
            if cfg.denoise else 0.0,
-           "joint": cfg.joint_steps * jb * (2 * jl + 1) / seq + 30 + heldout_eval("joint", cfg.joint_steps, "rc"),
+           "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") + (jl + 1) * cached("joint"))
+           / seq / fused("joint") + 30
+           + heldout_eval("joint", cfg.joint_steps, "rc"),
            "joint-index": n_passages / enc + 10,
            "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
     if n_val:
@@ -302,18 +329,20 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     if cfg.hybrid:
         est["hybrid"] = 2.0 + searched / 1000
 
-    def retriever_alone(steps: int, lists_per_step: int, list_size: int) -> float:
+    def retriever_alone(steps: int, lists_per_step: int, list_size: int, stage: str = "") -> float:
         """Seconds of retriever-only training: a query costs query_max_length / max_length of a passage."""
-        return steps * lists_per_step * (list_size + cfg.query_max_length / cfg.max_length) / seq + 20
+        return steps * lists_per_step * (list_size + cfg.query_max_length / cfg.max_length) / seq * cached(stage) \
+            / fused(stage) + 20
 
     if cfg.retriever_warmup_steps:
-        est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup")) \
+        est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup"),
+                                                  stage="retriever-warmup") \
             + heldout_eval("retriever-warmup", cfg.retriever_warmup_steps, "r")
         est["retriever-warmup-index"] = n_passages / enc + 10  # validated before anything grows from it
     if cfg.retriever_only == "steps":
         est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
     elif cfg.retriever_only == "equal-steps":  # the joint stage's retriever half, then an index
-        est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl)
+        est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl, "joint")
         est["retriever-alone-index"] = n_passages / enc + 10
     return {k: est[k] for k in sorted(est, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))}
 
@@ -394,36 +423,73 @@ def model_shape(model: str | None) -> dict[str, int]:
     return {"hidden": h, "layers": layers, "heads": heads, "params": int(params)}
 
 
+# the recipe's process before a stage's own models and tensors: Python, torch, tokenizers, the dataset, BM25, the
+# runs (measured on the demo, 2-core CPU: 0.55 GB in a bare `tandem train`, ~1.0 GB inside the recipe)
+PROCESS_BASE_BYTES = 1.0e9
+# (gated re-ranker?, attention dropout off?) -> k of memory_plan, fitted to benchmarks/train_memory.py (fp32, CPU)
+ACTIVATION_FIT = {(False, False): 1.15, (False, True): 1.2, (True, False): 2.1, (True, True): 1.75}
+
+
 def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: bool) -> dict[str, float]:
-    """Estimated peak memory (bytes) per stage on one device.
+    """Estimated peak memory (bytes) per stage: on a GPU the device's, on a CPU the process's resident memory.
 
-    Training: each trained model's weights, gradients and AdamW moments (16 bytes a parameter) plus
-    activations of the sequences alive at once (a micro-batch, or ``chunk_size`` with gradient
-    caching) at ``34 h + 5 a s`` bytes per token and layer in 16-bit (Korthikanti et al. 2022), twice
-    that in fp32 on CPU. Indexing: the fp32 vectors of the corpus (a flat index holds them all).
+    Training: each trained model's weights, gradients and AdamW moments (16 bytes a parameter) plus the
+    activations of the sequences alive at once: ``k (34 h + 5 a s)`` bytes per token and layer in 16-bit
+    (Korthikanti et al. 2022), twice that in fp32, or ``k 34 h`` where attention dropout is off and PyTorch's
+    fused attention stores no attention matrices. ``k`` (``ACTIVATION_FIT``) was fitted to
+    ``benchmarks/train_memory.py`` on a 2-core CPU in fp32; the gated re-ranker's learned attention bias keeps
+    its attention matrices either way. Alive at once: the re-ranker's ``reranker_micro_lists`` lists (else its
+    ``chunk_size`` sequences with gradient caching, else the whole batch) and the retriever's ``chunk_size``
+    sequences (else its whole batch, still alive while the re-ranker runs). Inference: one layer's transients
+    of a batch (32 sequences). Indexing adds the corpus's fp32 vectors. On a CPU every stage adds the process's
+    own memory (``PROCESS_BASE_BYTES``) and each loaded model's weights.
     """
-    h, layers, heads, params = shape["hidden"], shape["layers"], shape["heads"], shape["params"]
-    per_token_layer = (34 * h + 5 * heads * cfg.max_length) * (1 if gpu else 2)
+    from tandem.utils import resolve_precision
 
-    def acts(stage: str, seqs_per_list: int, length: int) -> float:
+    h, layers, heads, params = shape["hidden"], shape["layers"], shape["heads"], shape["params"]
+    width = 1 if gpu or resolve_precision(None, "cpu") == "bf16" else 2  # bytes per activation / 2
+
+    def per_token(length: int, arch: str, attention_dropout: float) -> float:  # stored activations, all layers
+        fused = attention_dropout == 0 and arch != "gated"
+        k = ACTIVATION_FIT[(arch == "gated", attention_dropout == 0)]
+        return k * width * (34 * h + (0 if fused else 5 * heads * length)) * layers
+
+    def transient(length: int, batch: int = 32) -> float:  # inference: one layer's tensors of a batch
+        return width * 2 * batch * length * (10 * h + 3 * heads * length)
+
+    def live(stage: str, retriever: bool, reranker: bool) -> float:
         o = cfg.train_overrides("", 0, stage)
         chunk = int(o.get("chunk_size", 0) or 0)
+        micro = int(o.get("reranker_micro_lists", 0) or 0)
         batch = max(1, int(o["batch_size"]) // max(1, cfg.devices))
-        seqs = batch * (int(o["list_size"]) + seqs_per_list)
-        live = min(seqs, chunk) if chunk else seqs
-        return live * length * layers * per_token_layer
+        g, plen, qlen = int(o["list_size"]), int(o["passage_max_length"]), int(o["query_max_length"])
+        rlen, drop = int(o["reranker_max_length"]), float(o.get("attention_dropout", -1.0))
+        r = ce = 0.0
+        if retriever:
+            r = chunk * plen * per_token(plen, "", drop) if chunk else batch * (
+                g * plen * per_token(plen, "", drop) + qlen * per_token(qlen, "", drop))
+        if reranker:
+            seqs = micro * g if 0 < micro < batch else (min(chunk, batch * g) if chunk else batch * g)
+            ce = seqs * rlen * per_token(rlen, str(o.get("reranker_arch", cfg.reranker_arch)), drop)
+        return max(r, ce) if chunk else r + ce  # gradient caching frees the retriever's graph before the re-ranker's
 
-    states = 16.0 * params
-    joint = 2 * states + max(acts("joint", 1, cfg.max_length), acts("joint", 0, cfg.reranker_max_length))
+    weights, states = 4.0 * params, 16.0 * params
+    base = 0.0 if gpu else PROCESS_BASE_BYTES
     vectors = 4.0 * n_passages * h
-    return {"warmup": states + acts("warmup", 0, cfg.reranker_max_length), "joint": joint,
-            "zs-index": vectors + 4 * params, "joint-index": vectors + 4 * params, "denoise": 4 * params,
-            "rerank": 4 * params, **({"retriever-only": states + acts("", 1, cfg.max_length)}
-                                     if cfg.retriever_only == "steps" else {}),
-            **({"retriever-alone": states + acts("joint", 1, cfg.max_length)}
-               if cfg.retriever_only == "equal-steps" else {}),
-            **({"retriever-warmup": states + acts("retriever-warmup", 1, cfg.max_length)}
-               if cfg.retriever_warmup_steps else {})}
+    index = base + weights + vectors + transient(cfg.max_length)
+    plan = {"warmup": base + states + live("warmup", False, True),
+            "joint": base + 2 * states + live("joint", True, True),
+            "zs-index": index, "joint-index": index,
+            "denoise": base + weights + transient(cfg.reranker_max_length),
+            "rerank": base + weights + transient(cfg.reranker_max_length)}
+    if cfg.retriever_only == "steps":
+        plan["retriever-only"] = base + states + live("", True, False)
+    if cfg.retriever_only == "equal-steps":
+        plan["retriever-alone"] = base + states + live("joint", True, False)
+    if cfg.retriever_warmup_steps:
+        plan["retriever-warmup"] = base + states + live("retriever-warmup", True, False)
+        plan["retriever-warmup-index"] = index
+    return plan
 
 
 def eval_split_of(cfg: RecipeConfig, directory: Path) -> str:
@@ -929,10 +995,18 @@ class _Runner:
                 "validation": {"source": self.val.source, "queries": len(self.val.queries), "why": self.val.why},
                 "decisions": self.decisions, "training_paid": paid, "sizing": sizing or {},
                 "stage_seconds": s, "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
+                "stage_peak_rss_bytes": self.stages.peak_rss, "peak_rss_bytes": _process_peak_rss(),
                 "models": {"retriever": self.retriever or str(self.cfg.model),
                            "reranker": str(self.out / "joint" / "reranker") if self.reranker_adopted else None,
                            "first_stage": self.first},
                 "curves": curves}
+
+
+def _process_peak_rss() -> int:
+    """The kernel's high-water mark of this process's resident memory (bytes): what ``time -v`` reports."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def peer_rows(path: str) -> dict[str, dict]:

@@ -133,3 +133,54 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the allocator's free memory back to the OS (glibc ``malloc_trim``), so that one
+    stage's transient peak is not carried as resident memory into the next: ``scripts/env.sh`` keeps freed
+    memory mapped within a stage, where reusing it saves page faults. A no-op where there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc/self/statm``; 0 where that is not readable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MemoryWatch:
+    """``with MemoryWatch() as m: ...`` then ``m.peak``: the highest resident memory seen while inside, sampled
+    every ``interval`` seconds by a daemon thread (the kernel's own high-water mark covers the whole process, and
+    resetting it would falsify what ``time -v`` reports, so a stage's peak is sampled)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> "MemoryWatch":
+        import threading
+
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="tandem-memory-watch")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())

@@ -136,22 +136,47 @@ def test_heldout_evaluation_over_the_corpus(setup, tmp_path):
     assert set(result.heldout) == {"retriever", "retriever_corpus"}
 
 
-def test_chunked_gradients_equal_plain(setup, tmp_path):
+def _step_grads(setup, tmp_path, name, **kw):
     ds, lists, model_dir = setup
-    grads = []
-    for chunk in (0, 3):
-        cfg = _cfg(mode="joint", chunk_size=chunk)
-        r, ce = _models(model_dir, cfg)
-        _no_dropout(r, ce)
-        trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / str(chunk), r, ce, progress=False)
-        terms = trainer.micro_step(trainer._groups(0))
-        grads.append((terms, {n: p.grad.clone() for n, p in list(r.named_parameters()) + list(ce.named_parameters())
-                              if p.grad is not None}))
-    (t0, g0), (t1, g1) = grads
-    assert t0["loss"] == pytest.approx(t1["loss"], rel=1e-5)
-    assert g0.keys() == g1.keys()
+    cfg = _cfg(**kw)
+    r, ce = _models(model_dir, cfg)
+    _no_dropout(r, ce)
+    keep = r if cfg.mode != "reranker" else None
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / name, keep, ce, progress=False)
+    terms = trainer.micro_step(trainer._groups(0), scale=0.5)
+    models = ([("retriever", r)] if keep is not None else []) + [("reranker", ce)]
+    return terms, {f"{k}.{n}": p.grad.clone() for k, m in models for n, p in m.named_parameters()
+                   if p.grad is not None}
+
+
+def _assert_same_step(a, b):
+    (t0, g0), (t1, g1) = a, b
+    assert t0.keys() == t1.keys()
+    for k in t0:
+        assert t0[k] == pytest.approx(t1[k], rel=1e-5, abs=1e-7), k
+    assert g0.keys() == g1.keys() and g0
     for name in g0:
         torch.testing.assert_close(g0[name], g1[name], rtol=1e-3, atol=1e-5)  # padding widths differ per chunk
+
+
+def test_chunked_gradients_equal_plain(setup, tmp_path):
+    plain = _step_grads(setup, tmp_path, "plain", mode="joint")
+    _assert_same_step(plain, _step_grads(setup, tmp_path, "chunk", mode="joint", chunk_size=3))
+
+
+@pytest.mark.parametrize("kw", [dict(mode="joint"), dict(mode="joint", kl_routing="official"),
+                                dict(mode="joint", retriever_ce_weight=0.5, in_batch_negatives=True, batch_size=3),
+                                dict(mode="joint", retriever_ce_weight=0.5, kl_reduction="mean", batch_size=3),
+                                dict(mode="joint", retriever_ce_weight=1.0, in_batch_negatives=True, chunk_size=5),
+                                dict(mode="reranker", batch_size=3)])
+def test_reranker_micro_lists_equal_plain(setup, tmp_path, kw):
+    """The re-ranker run a list at a time (reranker_micro_lists) gives the single pass's loss terms and
+    gradients, in both models, for each routing and the retriever's own loss with in-batch negatives."""
+    plain = _step_grads(setup, tmp_path, "plain", **kw)
+    micro = _step_grads(setup, tmp_path, "micro", reranker_micro_lists=1, **kw)
+    _assert_same_step(plain, micro)
+    if kw["mode"] == "joint":  # the KL's gradient did reach the retriever through the detached scores
+        assert any(n.startswith("retriever.") for n in micro[1])
 
 
 def test_killed_run_resumes_to_same_weights(setup, tmp_path):
@@ -331,3 +356,20 @@ def test_a_pretrained_cross_encoder_is_the_starting_point(setup, tmp_path):
     np.testing.assert_allclose(loaded.eval().predict(pairs), want, atol=1e-4)
     _, grown = load_models(_cfg(mode="reranker", reranker_arch="gated"), None, str(model_dir), ds.corpus)
     assert isinstance(grown, GatedReranker)  # a bare encoder body still grows a gated re-ranker
+
+
+def test_attention_dropout_setting(setup, tmp_path):
+    """attention_dropout sets the dropout on attention probabilities of both models (and only those); a body
+    without BERT-style attention modules is refused rather than left as it was."""
+    from tandem.train.joint import set_attention_dropout
+
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="joint", attention_dropout=0.0)
+    r, ce = _models(model_dir, cfg)
+    Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "t", r, ce, progress=False)
+    for m in (r, ce):
+        drops = {n: mod.p for n, mod in m.named_modules() if isinstance(mod, torch.nn.Dropout)}
+        assert {n for n, p in drops.items() if p == 0.0} == {n for n in drops if n.endswith("attention.self.dropout")}
+        assert any(p > 0 for p in drops.values())  # hidden-state dropout kept
+    with pytest.raises(TandemError, match="attention_dropout"):
+        set_attention_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)), 0.0)

@@ -62,6 +62,13 @@ class TrainConfig:
     passage_max_length: int = _f(256, "max passage tokens (retriever)")
     reranker_max_length: int = _f(256, "max tokens of a (query, passage) pair")
     chunk_size: int = _f(0, "sequences per forward chunk with gradient caching (0: whole batch at once)")
+    reranker_micro_lists: int = _f(0, "lists per re-ranker forward and backward within a step (0: the whole batch "
+                                      "at once): the re-ranker's losses are per list, so its gradients are the "
+                                      "same at no extra compute, with the activations of this many lists alive; "
+                                      "chunk_size then applies to the retriever alone")
+    attention_dropout: float = _f(-1.0, "dropout on attention probabilities while training (-1: the model's own, "
+                                        "0.1 for BERT-likes; 0 lets PyTorch's fused attention run on a CPU too: "
+                                        "less memory, faster)")
     shared_towers: bool = _f(True, "query and passage towers share weights")
     pooling: str = _f("", "retriever pooling override: mean or cls ('' keeps the model's)")
     normalize: str = _f("", "retriever L2 normalisation override: true/false ('' keeps the model's)")

@@ -108,6 +108,21 @@ class TrainResult:
     out: Path | None = None
 
 
+def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the dropout on attention probabilities (``attention.self.dropout`` in BERT-family bodies, which
+    transformers passes to ``scaled_dot_product_attention``) to ``p``; returns how many were set. At 0, PyTorch
+    runs its fused attention kernel on a CPU too, storing no attention matrices for the backward pass."""
+    n = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Dropout) and name.endswith("attention.self.dropout"):
+            mod.p = p
+            n += 1
+    if not n:
+        raise TandemError(f"attention_dropout: {type(model).__name__} has no BERT-style attention dropout to set "
+                          "(leave attention_dropout at -1 for this model)")
+    return n
+
+
 class Trainer:
     """Trains a retriever and/or re-ranker on training lists; see the module docstring for modes."""
 
@@ -143,6 +158,10 @@ class Trainer:
             inference += [self.retriever.query_encoder, self.retriever.passage_encoder]
         for m in inference:
             m.precision = cfg.precision  # held-out evaluation runs at the training precision
+        if cfg.attention_dropout >= 0:
+            for m in (self.retriever, self.reranker):
+                if m is not None:
+                    set_attention_dropout(m, cfg.attention_dropout)
         if cfg.mode == "static":
             self.reranker.eval()
             self.reranker.requires_grad_(False)
@@ -244,6 +263,9 @@ class Trainer:
         if self.use_reranker:
             pairs = list(zip(pair_queries, passages))
             fn = lambda ps: self.reranker.score([x for x, _ in ps], [y for _, y in ps])  # noqa: E731
+            micro = self.cfg.reranker_micro_lists
+            if self.train_reranker and 0 < micro < b:  # chunk_size then caches the retriever's side alone
+                return self._micro_lists_step(groups, q, p, s_de, pairs, fn, micro, scale, caches)
             if not self.train_reranker:
                 with torch.no_grad():
                     s_ce = torch.cat([fn(pairs[i : i + (chunk or len(pairs))])
@@ -261,6 +283,46 @@ class Trainer:
         for cache in caches:
             cache.backward()
         return {k: v.item() for k, v in terms.items()}
+
+    def _micro_lists_step(self, groups: list[Group], q, p, s_de, pairs, fn, micro: int, scale: float,
+                          caches: list[CachedChunks]) -> dict[str, float]:
+        """:meth:`micro_step` with the re-ranker run ``micro`` lists at a time (``reranker_micro_lists``).
+
+        Every loss term that involves the re-ranker (its CE, the KL) is a mean over lists of a function of one
+        list's scores, so a slice of ``n`` of the ``b`` lists contributes ``n / b`` of it: each slice is run,
+        scored and backpropagated through the re-ranker alone, and freed before the next. The KL's gradient
+        with respect to the retriever's scores is collected on a detached copy of them and sent through the
+        retriever once at the end, with the retriever's own loss (in-batch negatives need the whole batch;
+        ``caches``: the retriever's gradient-cached chunks, with ``chunk_size``). Same loss and gradients as the
+        single pass, with one slice's re-ranker activations alive at a time.
+        """
+        b, g = len(groups), self.cfg.list_size
+        leaf = s_de.detach().float().requires_grad_(True) if s_de is not None else None
+        sums: dict[str, float] = {}
+        scores = []
+        for start in range(0, b, micro):
+            rows = slice(start, min(b, start + micro))
+            s_ce = fn(pairs[rows.start * g : rows.stop * g]).view(-1, g).float()
+            terms = self.losses(leaf[rows] if leaf is not None else None, s_ce)
+            terms.pop("retriever_ce", None)  # the retriever's own loss, over the whole batch, below
+            terms.pop("loss")
+            share = (rows.stop - rows.start) / b
+            (sum(terms.values()) * (share * scale)).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + share * v.item()
+            scores.append(s_ce.detach())
+        if s_de is not None:
+            full = self.losses(s_de.float(), torch.cat(scores), q, p)
+            own = full.get("retriever_ce")
+            loss = (s_de.float() * leaf.grad).sum() if leaf.grad is not None else s_de.sum() * 0.0
+            if own is not None:
+                sums["retriever_ce"] = own.item()
+                loss = loss + own * scale
+            loss.backward()
+            for cache in caches:
+                cache.backward()
+        sums["loss"] = sum(sums.values())
+        return sums
 
     def _autocast(self):
         """bf16 autocast where ``precision`` resolves to bf16 (auto: a GPU with bf16, or a CPU with native bf16
