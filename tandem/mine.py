@@ -375,6 +375,14 @@ def calibrate(scores: Path, positives: Mapping[str, list[str]], held: set[str], 
         ranks = np.argsort(np.argsort(x)) + 1  # AUC by the rank-sum formula (ties broken by order)
         n1, n0 = y.sum(), len(y) - y.sum()
         out["auc"] = float((ranks[y > 0].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    if settings.calibration == "platt" and (a <= 0 or out.get("auc", 1.0) <= 0.5):
+        # subtle: with a negative slope the highest logits get the lowest probabilities, and the "clearly
+        # irrelevant" negatives would be the likeliest false negatives (NFCorpus demo: a = -0.18, AUC 0.32)
+        out["usable"] = False
+        out["why"] = (f"the re-ranker does not score the held-out queries' labelled positives above their other "
+                      f"candidates (AUC {out.get('auc', float('nan')):.3f}, Platt slope {a:.3f}): its probabilities "
+                      "would denoise backwards, so the lists keep the undenoised pool alone")
+        out.pop("low_from_positives", None)
     return out
 
 
@@ -532,6 +540,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
                              (_stop or {}).get("score"), held, only)
         seconds["score"] = time.perf_counter() - t0
         calibration = calibrate(score_path, positives, held, settings)
+        if calibration.get("usable") is False:
+            log.warning("mine: not denoising: %s", calibration["why"])
         if "low_from_positives" in calibration:
             log.info("mine: low threshold %.4f = the %.0f%% quantile of held-out positives' probabilities",
                      calibration["low_from_positives"], 100 * settings.low_from_positives)
@@ -594,6 +604,7 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
     """Stream candidates (+ scores) into the lists file (atomically) and gather the report's statistics;
     ``only``: the lists of these queries alone (those a budgeted denoising scored)."""
     a, b = (calibration["a"], calibration["b"]) if calibration else (1.0, 0.0)
+    usable = not calibration or calibration.get("usable", True)  # else: scores read, kept out of the pools
     scores = iter_lines(score_path) if score_path else None
     rng = np.random.default_rng(settings.seed)
     n_lists = n_cands = n_flagged = n_scored = n_pseudo_q = n_pseudo = n_denoised = n_no_neg = n_near = 0
@@ -629,7 +640,7 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
                 if srec["qid"] != qid:
                     raise TandemError(f"{score_path}: out of step with {cand_path} at query {qid!r}; rerun with --restart")
                 p = _sigmoid(a * np.asarray(srec["logits"], dtype=np.float64) + b)
-                probs = dict(zip(srec["pids"], map(float, p)))
+                probs = dict(zip(srec["pids"], map(float, p))) if usable else {}
                 if held is None or qid in held:
                     pos_probs += [probs[x] for x in labelled if x in probs]
             cand_counts.append(len(cands))
@@ -736,6 +747,7 @@ def render_report(r: dict[str, Any]) -> str:
               f"{c['method']}: p = sigmoid({c['a']:.3f} * logit + {c['b']:.3f}), from {c['pairs']} labelled pairs of "
               f"{c['queries']} held-out queries ({c['positives']} positives)"
               + (f"; log-loss {c['log_loss']:.3f}, AUC {c['auc']:.3f}" if "auc" in c else "") + ".", "",
+              *([f"**Not denoised**: {c['why']}.", ""] if c.get("usable") is False else []),
               f"Rule: {mode}.", "",
               "| what | count | share of scored candidates |", "|---|---|---|",
               f"| scored candidates (labelled positives excluded) | {d['scored_candidates']} | 100% |",

@@ -237,3 +237,32 @@ def test_near_copy_of_a_positive_is_never_a_negative(planted, tmp_path):
     assert res.report["denoising"]["near_copies_of_positives"] >= 1
     off = mine(data, tmp_path / "off.jsonl", reranker=LowScorer(), settings=_settings(near_copy=0.0), progress=False)
     assert "copy" in {e["pid"] for e in _lists(off.lists)[qid]["negatives"] if e["source"] == "denoised"}
+
+
+class InvertedScorer(OverlapScorer):
+    """A denoiser that has it backwards: the fewer words a passage shares with the query, the higher its logit."""
+
+    name = "inverted-scorer"
+
+    def predict(self, pairs, batch_size=32, progress=False):
+        return -super().predict(pairs, batch_size, progress)
+
+
+def test_backwards_denoiser_is_not_used(planted, tmp_path):
+    """A re-ranker that scores held-out positives below their candidates (Platt slope <= 0, AUC <= 0.5) would
+    make the likeliest false negatives the "denoised" ones: the lists keep the undenoised pool alone, no
+    pseudo-positives, and the report and log say why."""
+    data, _, _ = planted
+    res = mine(data, tmp_path / "inv.jsonl", reranker=InvertedScorer(), progress=False,
+               settings=_settings(calibration="platt", low_from_positives=0.1))
+    cal = res.report["denoising"]["calibration"]
+    assert cal["usable"] is False and cal["a"] <= 0 and cal["auc"] < 0.5 and "backwards" in cal["why"]
+    assert res.report["denoising"]["denoised_negatives"] == 0 and res.report["denoising"]["pseudo_positives"] == 0
+    lists = _lists(res.lists)
+    assert lists and all(e["source"] == "undenoised" for o in lists.values() for e in o["negatives"])
+    assert all(not e.get("pseudo") for o in lists.values() for e in o["positives"])
+    assert "Not denoised" in (tmp_path / "inv.report.md").read_text()
+    # the same data with the scorer the right way round is denoised
+    good = mine(data, tmp_path / "ok.jsonl", reranker=OverlapScorer(), progress=False,
+                settings=_settings(calibration="platt", low_from_positives=0.1))
+    assert good.report["denoising"]["calibration"].get("usable", True) and good.report["denoising"]["denoised_negatives"]
