@@ -54,10 +54,24 @@ class Backend(str, Enum):
     torch = "torch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
+    auto = "auto"
+
+
+def _auto_backend_help() -> str:
+    """What ``--backend auto`` picks on this machine, for the option's help (no model is loaded)."""
+    try:
+        from tandem.utils import resolve_backend
+
+        gpu = bool(os.environ.get("TANDEM_DEVICE", "").startswith("cuda")) or os.path.isdir("/proc/driver/nvidia/gpus")
+        picked, why = resolve_backend("auto", gpu=gpu)  # without importing torch: help stays fast
+        return f" auto: the fastest measured here, which on this machine is {picked} ({why})."
+    except Exception:  # noqa: BLE001 - help text must never fail
+        return ""
 
 
 BackendOpt = typer.Option(Backend.torch, "--backend", help="Inference runtime of the encoder: torch, onnx (ONNX "
-                                                           "Runtime, fp32) or onnx-int8 (dynamic int8 quantisation).")
+                                                           "Runtime, fp32), onnx-int8 (dynamic int8 quantisation) or "
+                                                           "auto." + _auto_backend_help())
 
 
 class Pooling(str, Enum):

@@ -40,6 +40,29 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def resolve_backend(backend: str, onnx_ok: bool = True, gpu: bool | None = None) -> tuple[str, str]:
+    """``(backend, why)``: ``auto`` becomes the fastest runtime measured for this machine (BENCHMARKS.md) within
+    0.005 nDCG@10: PyTorch on a GPU or on a CPU with native bf16 (AVX-512 BF16 / AMX: bf16 autocast, 2.8x fp32
+    encoding), else int8 ONNX Runtime where it is installed (2.1x PyTorch fp32 on an AVX2 CPU, -0.003 nDCG@10 on
+    SciFact), else PyTorch. ``onnx_ok``: the model can run in ONNX Runtime (a gated re-ranker cannot); ``gpu``:
+    whether models run on a GPU (None: ask :func:`inference_device`, which imports torch)."""
+    if backend != "auto":
+        return backend, "asked for"
+    import importlib.util
+
+    if gpu is None:
+        gpu = inference_device().startswith("cuda")
+    if gpu:
+        return "torch", "a GPU: PyTorch (bf16 autocast)"
+    if cpu_has_native_bf16():
+        return "torch", "a CPU with native bf16 (AVX-512 BF16 / AMX): PyTorch in bf16"
+    if not onnx_ok:
+        return "torch", "this model runs in PyTorch only"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", "no native bf16 and no onnxruntime installed (pip install 'tandem[onnx]' for int8): PyTorch fp32"
+    return "onnx-int8", "a CPU without native bf16: int8 ONNX Runtime (2.1x PyTorch fp32, -0.003 nDCG@10 measured)"
+
+
 def resolve_precision(precision: str | None, device) -> str:
     """``fp32`` or ``bf16`` for ``device``: ``precision`` if it is fp32 or bf16, else (None or auto)
     ``$TANDEM_PRECISION`` if set, else auto: bf16 where the hardware computes it natively (a CUDA GPU with

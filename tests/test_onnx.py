@@ -85,3 +85,31 @@ def test_cross_encoder_on_onnx_scores_like_torch(tiny_model_dir, tmp_path, cache
     gated = GatedReranker.from_body(str(tiny_model_dir), max_length=48)
     with pytest.raises(TandemError, match="plain cross-encoders"):
         gated.set_backend("onnx")
+
+
+def test_auto_backend_picks_per_machine(tiny_model_dir, cache, monkeypatch):
+    """--backend auto: PyTorch where bf16 is native (or on a GPU), int8 ONNX Runtime on a CPU without it, PyTorch
+    for a model ONNX cannot run; the encoder records the backend it resolved to, and the help says which."""
+    import importlib.util
+
+    import tandem.utils as utils
+    from tandem.models.reranker import Reranker
+
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    assert utils.resolve_backend("auto", gpu=False)[0] == "torch"
+    assert Encoder.from_pretrained(str(tiny_model_dir), max_length=32, backend="auto").backend == "torch"
+    assert utils.resolve_backend("auto", gpu=True)[0] == "torch"
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
+    assert utils.resolve_backend("auto", gpu=False) == ("onnx-int8", utils.resolve_backend("auto", gpu=False)[1])
+    assert utils.resolve_backend("auto", onnx_ok=False, gpu=False)[0] == "torch"
+    assert utils.resolve_backend("onnx", gpu=True)[0] == "onnx"  # an explicit choice is kept
+    monkeypatch.setattr(utils, "inference_device", lambda: "cpu")
+    enc = Encoder.from_pretrained(str(tiny_model_dir), max_length=32, backend="auto")
+    assert enc.backend == "onnx-int8" and enc.runtime is not None
+    ce = Reranker.from_pretrained(str(tiny_model_dir), max_length=32).set_backend("auto")
+    assert ce.backend == "onnx-int8"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    assert utils.resolve_backend("auto", gpu=False)[0] == "torch"
+    out = tandem("index", "--help", env={"COLUMNS": "300"}).stdout
+    assert "auto: the fastest measured here, which on this machine is" in out

@@ -134,10 +134,12 @@ class Encoder(nn.Module):
         return enc.set_backend(backend)
 
     def set_backend(self, backend: str) -> "Encoder":
-        """Run inference (``encode``) in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``)."""
+        """Run inference (``encode``) in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``; ``auto``: see
+        :func:`tandem.utils.resolve_backend`)."""
         from tandem.models.onnx_backend import runtime
-        from tandem.utils import inference_device
+        from tandem.utils import inference_device, resolve_backend
 
+        backend = resolve_backend(backend)[0]
         self.to(inference_device() if backend == "torch" else "cpu")  # ONNX Runtime runs on the CPU here
         self.runtime, self.backend = runtime(self.backbone, self.name, backend), backend
         return self

@@ -50,7 +50,11 @@ class Reranker(nn.Module):
         self.precision: str | None = None  # inference precision (auto, fp32, bf16); None: $TANDEM_PRECISION or auto
 
     def set_backend(self, backend: str) -> "Reranker":
-        """Score pairs in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``); training stays in PyTorch."""
+        """Score pairs in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``; ``auto``: see
+        :func:`tandem.utils.resolve_backend`); training stays in PyTorch."""
+        from tandem.utils import resolve_backend
+
+        backend = resolve_backend(backend, onnx_ok=self.settings.architecture == "cross")[0]
         if backend != "torch" and self.settings.architecture != "cross":
             raise TandemError(f"the ONNX backend runs plain cross-encoders; this re-ranker is {self.settings.architecture!r}")
         from tandem.models.onnx_backend import runtime
