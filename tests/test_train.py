@@ -371,5 +371,11 @@ def test_attention_dropout_setting(setup, tmp_path):
         drops = {n: mod.p for n, mod in m.named_modules() if isinstance(mod, torch.nn.Dropout)}
         assert {n for n, p in drops.items() if p == 0.0} == {n for n in drops if n.endswith("attention.self.dropout")}
         assert any(p > 0 for p in drops.values())  # hidden-state dropout kept
+    cfg = _cfg(mode="joint", attention_dropout=0.0, reranker_attention_dropout=0.1)
+    r, ce = _models(model_dir, cfg)
+    Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "t2", r, ce, progress=False)
+    ps = {k: {mod.p for n, mod in m.named_modules() if n.endswith("attention.self.dropout")}
+          for k, m in (("retriever", r), ("reranker", ce))}
+    assert ps == {"retriever": {0.0}, "reranker": {0.1}}
     with pytest.raises(TandemError, match="attention_dropout"):
         set_attention_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)), 0.0)

@@ -69,6 +69,8 @@ class TrainConfig:
     attention_dropout: float = _f(-1.0, "dropout on attention probabilities while training (-1: the model's own, "
                                         "0.1 for BERT-likes; 0 lets PyTorch's fused attention run on a CPU too: "
                                         "less memory, faster)")
+    reranker_attention_dropout: float = _f(-1.0, "the re-ranker's own attention dropout while training (-1: as "
+                                                 "attention_dropout; e.g. 0.1 keeps BERT's for it alone)")
     shared_towers: bool = _f(True, "query and passage towers share weights")
     pooling: str = _f("", "retriever pooling override: mean or cls ('' keeps the model's)")
     normalize: str = _f("", "retriever L2 normalisation override: true/false ('' keeps the model's)")

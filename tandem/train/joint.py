@@ -158,10 +158,11 @@ class Trainer:
             inference += [self.retriever.query_encoder, self.retriever.passage_encoder]
         for m in inference:
             m.precision = cfg.precision  # held-out evaluation runs at the training precision
-        if cfg.attention_dropout >= 0:
-            for m in (self.retriever, self.reranker):
-                if m is not None:
-                    set_attention_dropout(m, cfg.attention_dropout)
+        for m, p in ((self.retriever, cfg.attention_dropout),
+                     (self.reranker, cfg.attention_dropout if cfg.reranker_attention_dropout < 0
+                      else cfg.reranker_attention_dropout)):
+            if m is not None and p >= 0:
+                set_attention_dropout(m, p)
         if cfg.mode == "static":
             self.reranker.eval()
             self.reranker.requires_grad_(False)
