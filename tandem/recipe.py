@@ -288,9 +288,12 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     searched = n_test + n_val
     # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
     extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
-    def fused(stage: str) -> float:
-        """Speed-up of a stage's training steps without attention dropout (the fused attention kernel runs)."""
-        drop = float(cfg.train_overrides("", 0, stage).get("attention_dropout", -1.0))
+    def fused(stage: str, model: str = "retriever") -> float:
+        """Speed-up of a model's training steps without attention dropout (the fused attention kernel runs)."""
+        o = cfg.train_overrides("", 0, stage)
+        drop = float(o.get("attention_dropout", -1.0))
+        if model == "reranker" and float(o.get("reranker_attention_dropout", -1.0)) >= 0:
+            drop = float(o["reranker_attention_dropout"])
         return FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0
 
     def cached(stage: str, model: str = "retriever") -> float:
@@ -315,12 +318,12 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
-           "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup") + 30
-           + heldout_eval("warmup", cfg.warmup_steps, "c"),
+           "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
+           + 30 + heldout_eval("warmup", cfg.warmup_steps, "c"),
            "denoise": (denoised_queries(cfg, n_train) * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10)
            if cfg.denoise else 0.0,
-           "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") + (jl + 1) * cached("joint"))
-           / seq / fused("joint") + 30
+           "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker")
+                                            + (jl + 1) * cached("joint") / fused("joint")) / seq + 30
            + heldout_eval("joint", cfg.joint_steps, "rc"),
            "joint-index": n_passages / enc + 10,
            "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
@@ -470,7 +473,9 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
                 g * plen * per_token(plen, "", drop) + qlen * per_token(qlen, "", drop))
         if reranker:
             seqs = micro * g if 0 < micro < batch else (min(chunk, batch * g) if chunk else batch * g)
-            ce = seqs * rlen * per_token(rlen, str(o.get("reranker_arch", cfg.reranker_arch)), drop)
+            rdrop = float(o.get("reranker_attention_dropout", -1.0))
+            ce = seqs * rlen * per_token(rlen, str(o.get("reranker_arch", cfg.reranker_arch)),
+                                         rdrop if rdrop >= 0 else drop)
         return max(r, ce) if chunk else r + ce  # gradient caching frees the retriever's graph before the re-ranker's
 
     weights, states = 4.0 * params, 16.0 * params
