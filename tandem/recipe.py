@@ -290,10 +290,12 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
     def fused(stage: str, model: str = "retriever") -> float:
         """Speed-up of a model's training steps without attention dropout (the fused attention kernel runs)."""
+        from tandem.train.config import reranker_dropout
+
         o = cfg.train_overrides("", 0, stage)
         drop = float(o.get("attention_dropout", -1.0))
-        if model == "reranker" and float(o.get("reranker_attention_dropout", -1.0)) >= 0:
-            drop = float(o["reranker_attention_dropout"])
+        if model == "reranker":
+            drop = reranker_dropout(drop, float(o.get("reranker_attention_dropout", -1.0)))
         return FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0
 
     def cached(stage: str, model: str = "retriever") -> float:
@@ -447,6 +449,7 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
     of a batch (32 sequences). Indexing adds the corpus's fp32 vectors. On a CPU every stage adds the process's
     own memory (``PROCESS_BASE_BYTES``) and each loaded model's weights.
     """
+    from tandem.train.config import reranker_dropout
     from tandem.utils import resolve_precision
 
     h, layers, heads, params = shape["hidden"], shape["layers"], shape["heads"], shape["params"]
@@ -473,9 +476,8 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
                 g * plen * per_token(plen, "", drop) + qlen * per_token(qlen, "", drop))
         if reranker:
             seqs = micro * g if 0 < micro < batch else (min(chunk, batch * g) if chunk else batch * g)
-            rdrop = float(o.get("reranker_attention_dropout", -1.0))
             ce = seqs * rlen * per_token(rlen, str(o.get("reranker_arch", cfg.reranker_arch)),
-                                         rdrop if rdrop >= 0 else drop)
+                                         reranker_dropout(drop, float(o.get("reranker_attention_dropout", -1.0))))
         return max(r, ce) if chunk else r + ce  # gradient caching frees the retriever's graph before the re-ranker's
 
     weights, states = 4.0 * params, 16.0 * params

@@ -16,6 +16,12 @@ from tandem.utils import PRECISIONS
 MODES = ("joint", "static", "retriever", "reranker")
 
 
+def reranker_dropout(attention_dropout: float, reranker_attention_dropout: float) -> float:
+    """The re-ranker's attention dropout while training: its own setting, or (at -1) ``attention_dropout``;
+    -1 either way keeps the model's."""
+    return attention_dropout if reranker_attention_dropout < 0 else reranker_attention_dropout
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # the recipe's names for the same settings (tandem recipe / demo configs), accepted here too

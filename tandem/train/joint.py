@@ -35,7 +35,7 @@ from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
 from tandem.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tandem.train.chunking import CachedChunks
-from tandem.train.config import TrainConfig
+from tandem.train.config import TrainConfig, reranker_dropout
 from tandem.train.distributed import barrier, broadcast_parameters, mean_over_ranks, sum_gradients, world
 from tandem.train.lists import Group, ListSampler, TrainingList, heldout_indices
 from tandem.utils import autocast, progress_bar
@@ -159,8 +159,7 @@ class Trainer:
         for m in inference:
             m.precision = cfg.precision  # held-out evaluation runs at the training precision
         for m, p in ((self.retriever, cfg.attention_dropout),
-                     (self.reranker, cfg.attention_dropout if cfg.reranker_attention_dropout < 0
-                      else cfg.reranker_attention_dropout)):
+                     (self.reranker, reranker_dropout(cfg.attention_dropout, cfg.reranker_attention_dropout))):
             if m is not None and p >= 0:
                 set_attention_dropout(m, p)
         if cfg.mode == "static":
