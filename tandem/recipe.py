@@ -119,6 +119,11 @@ class RecipeConfig:
     seed: int = _f(1, "seed of training")
     heldout_fraction: float = _f(0.1, "training lists held out for the curves and the kl_gate")
     eval_every: int = _f(10, "held-out evaluation every N steps")
+    val_every: int = _f(0, "validate each training stage's models every N steps while it trains, as after the stage "
+                           "(the retriever over the whole corpus, the re-ranker over its first stage's validation "
+                           "top-k), and keep each model's best state, its start included (early stopping's "
+                           "choice; each validation costs a corpus encoding or a re-ranking: the plan counts "
+                           "them); 0: validate after each stage only")
     train: dict = _f(None, "extra training settings (see tandem train-settings) for every training stage")
     retriever_warmup_train: dict = _f(None, "training settings for the retriever warm-up only (over list_size, "
                                             "batch_size, train)")
@@ -141,7 +146,7 @@ class RecipeConfig:
         return {"mode": mode, "max_steps": steps, "list_size": self.list_size, "batch_size": self.batch_size,
                 "query_max_length": self.query_max_length, "passage_max_length": self.max_length,
                 "reranker_max_length": self.reranker_max_length, "seed": self.seed,
-                "heldout_fraction": self.heldout_fraction, "eval_every": self.eval_every,
+                "heldout_fraction": self.heldout_fraction, "eval_every": self.val_every or self.eval_every,
                 "reranker_arch": self.reranker_arch, **(self.train or {}), **own}
 
     @property
@@ -317,16 +322,26 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
         per_list = int(o["list_size"]) * (("r" in scorers) / enc + ("c" in scorers) / pairs)
         return evals * lists * per_list
 
+    def validations(stage: str, steps: int, scorers: str) -> float:
+        """Seconds of validating a stage's models while it trains (val_every): at the start, every val_every steps
+        and at the end, the retriever over the corpus, the re-ranker over the validation top-k."""
+        if not (cfg.val_every and n_val):
+            return 0.0
+        evals = 2 + max(0, steps - 1) // cfg.val_every
+        per = ("r" in scorers) * (n_passages / enc + n_val / queries) \
+            + ("c" in scorers) * n_val * max(rerank_depths(cfg)) / pairs
+        return evals * per
+
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
            "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
-           + 30 + heldout_eval("warmup", cfg.warmup_steps, "c"),
+           + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c"),
            "denoise": (denoised_queries(cfg, n_train) * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10)
            if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker")
                                             + (jl + 1) * cached("joint") / fused("joint")) / seq + 30
-           + heldout_eval("joint", cfg.joint_steps, "rc"),
+           + heldout_eval("joint", cfg.joint_steps, "rc") + validations("joint", cfg.joint_steps, "rc"),
            "joint-index": n_passages / enc + 10,
            "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
     if n_val:
@@ -342,12 +357,15 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     if cfg.retriever_warmup_steps:
         est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup"),
                                                   stage="retriever-warmup") \
-            + heldout_eval("retriever-warmup", cfg.retriever_warmup_steps, "r")
+            + heldout_eval("retriever-warmup", cfg.retriever_warmup_steps, "r") \
+            + validations("retriever-warmup", cfg.retriever_warmup_steps, "r")
         est["retriever-warmup-index"] = n_passages / enc + 10  # validated before anything grows from it
     if cfg.retriever_only == "steps":
-        est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc
+        est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc \
+            + validations("retriever-only", cfg.retriever_only_steps, "r")
     elif cfg.retriever_only == "equal-steps":  # the joint stage's retriever half, then an index
-        est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl, "joint")
+        est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl, "joint") \
+            + validations("joint", cfg.joint_steps, "r")
         est["retriever-alone-index"] = n_passages / enc + 10
     return {k: est[k] for k in sorted(est, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))}
 
@@ -774,7 +792,7 @@ class _Runner:
                 start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
                 start_system = warm
         self._train("warmup", "reranker", cfg.warmup_steps, None, cfg.reranker or start,
-                    after=("lists", *(() if cfg.reranker else start_after)))
+                    after=("lists", *(() if cfg.reranker else start_after)), first_stage=start_system)
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"
@@ -783,7 +801,7 @@ class _Runner:
                                "queries": denoised_queries(cfg, len(self.train_ds.qrels))},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),
-                    after=(lists_stage, "warmup", *start_after), lists=lists_stage)
+                    after=(lists_stage, "warmup", *start_after), lists=lists_stage, first_stage=start_system)
         self._index_stage("joint", "joint-retriever", tq, start=start_system)
         first = "joint-retriever" if self._adopt("joint-retriever", "joint retriever") else start_system
         self.retriever = str(out / "joint" / "retriever") if first == "joint-retriever" else start
@@ -899,26 +917,56 @@ class _Runner:
         self._system(system, f"{trained}-index", start=start)
 
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists",
-               shape_of: str = "") -> None:
+               shape_of: str = "", first_stage: str = "") -> None:
         """A training stage; ``shape_of`` takes another stage's own settings (``joint``: its lists, batch, loss
-        options) in place of this one's."""
+        options) in place of this one's. With ``val_every``, its models are validated while it trains and each
+        keeps its best state; a re-ranker is validated over system ``first_stage``'s validation run."""
         from tandem.train import train
 
         overrides = self.cfg.train_overrides(mode, steps, shape_of or name)
+        validator, settings = None, {}
+        if self.cfg.val_every and self.validating:
+            from tandem.data import read_run
+            from tandem.train.validation import StageValidator
+
+            overrides |= {"keep_best": True}  # eval_every is val_every (train_overrides)
+            first = self.systems[first_stage] if first_stage else None
+            settings = {"validation": self.val.key, "first_stage": first_stage,
+                        "depth": max(rerank_depths(self.cfg))}
+
+            def validator():
+                run = read_run(self.out / first["dir"] / val_file(first["file"])) if first else None
+                return StageValidator(self.val.queries, self.val.qrels, self.train_ds.corpus, run, settings["depth"])
 
         def fn(d: Path) -> None:
             result = train(self.data_dir, d, lists=self.out / lists / "lists.jsonl",
                            retriever=retriever, reranker=reranker, overrides=overrides, resume=True,
-                           progress=self.progress)
+                           progress=self.progress, validator=validator() if validator else None)
             if self.stages.rank == 0:
                 write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
                                                "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
-                                               "final_losses": result.final_losses})
+                                               "final_losses": result.final_losses,
+                                               "validation": result.validation})
 
         # subtle: a killed training stage has no done.json but keeps its checkpoints; train(resume=True) continues
         self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker,
-                               "lists": lists},
+                               "lists": lists, **settings},
                         fn, after=after, every_rank=True)
+        self._stage_validation(name)
+
+    def _stage_validation(self, name: str) -> None:
+        """The decisions of ``keep_best`` inside stage ``name`` (which step of each model was kept), for the log
+        and the report."""
+        path = self.out / name / "result.json"
+        if not path.exists():
+            return
+        result = read_json(path)
+        for model, v in (result.get("validation") or {}).items():
+            hist = ", ".join(f"{h['step']}: {h['nDCG@10']:.4f}" for h in v.get("history", []))
+            last = v["history"][-1]["step"] if v.get("history") else result.get("steps")
+            kept = (f"kept step {v['best_step']} of {last}" if v.get("restored") else f"kept its last step {last}")
+            self.decisions.append(f"{name} {model}: validated while training (step: nDCG@10 {hist}): {kept}")
+            log.info("%s", self.decisions[-1])
 
     # ---- report ------------------------------------------------------------------------------
     def _chains(self) -> dict[str, list[str]]:

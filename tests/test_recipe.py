@@ -398,3 +398,32 @@ def test_memory_plan_follows_the_memory_settings():
     # the demo as shipped: within 25% of the peak it measured on NFCorpus, 2-core CPU, fp32 (BENCHMARKS.md: 2.44 GB)
     demo = memory_plan(load_recipe(shipped_config("demo"), {"retriever_warmup_steps": 10}), 3633, shape, gpu=False)
     assert 0.75 * 2.44e9 < max(demo.values()) < 1.25 * 2.44e9
+
+
+def test_val_every_validates_inside_each_stage_and_keeps_the_best(tiny_model_dir, tmp_path):
+    """val_every: each training stage validates its models as it trains (start, every N steps, end) on the
+    recipe's validation queries, keeps each model's best state, says which in the decisions, and the plan counts
+    the cost."""
+    from dataclasses import replace
+
+    from tandem.recipe import plan
+
+    data = _dataset_with_dev(tmp_path)
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, data, retriever_warmup_steps=2, joint_steps=3, warmup_steps=2, val_every=1,
+               adopt_p=1.0)
+    report = run_recipe(cfg, out, progress=False)
+    joint = json.loads((out / "joint" / "result.json").read_text())["validation"]
+    assert set(joint) == {"retriever", "reranker"}
+    for name, v in joint.items():
+        assert [h["step"] for h in v["history"]] == [0, 1, 2, 3], name
+        assert v["best"] == pytest.approx(max(h["nDCG@10"] for h in v["history"]), abs=1e-6)
+        assert v["history"][0]["queries"] == report["validation"]["queries"]  # the recipe's validation queries
+    assert "source_re-ranked top-5" in joint["reranker"]["history"][0]
+    assert json.loads((out / "joint" / "config.json").read_text())["keep_best"] is True
+    # the retriever the joint stage saved is its best state: its index stage's validation says the same number
+    best = joint["retriever"]["best"]
+    assert report["systems"]["joint-retriever"]["val"]["nDCG@10"] == pytest.approx(best, abs=2e-3)
+    assert sum("validated while training" in d for d in report["decisions"]) == 4  # warm-up x1, re-ranker, joint x2
+    n = dict(n_passages=5000, n_train=800, n_test=300, n_val=100)
+    assert plan(cfg, **n)["joint"] > plan(replace(cfg, val_every=0), **n)["joint"]

@@ -379,3 +379,119 @@ def test_attention_dropout_setting(setup, tmp_path):
     assert ps == {"retriever": {0.0}, "reranker": {0.1}}
     with pytest.raises(TandemError, match="attention_dropout"):
         set_attention_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)), 0.0)
+
+
+class _ScriptedValidator:
+    """A validator whose scores follow a script (one per call) and which keeps a copy of each state it scored."""
+
+    depth = 10
+
+    def __init__(self, scores):
+        self.scores, self.states = list(scores), []
+
+    def __len__(self):
+        return 5
+
+    def can_score(self, kind):
+        return True
+
+    def retriever(self, model):
+        self.states.append(copy.deepcopy(model.state_dict()))
+        return {"nDCG@10": self.scores[len(self.states) - 1], "_per_query": {}}
+
+    reranker = retriever
+
+
+def _saved_retriever_state(out):
+    r = Retriever.from_pretrained(str(out / "retriever"))
+    return r.state_dict()
+
+
+def _same_state(a, b):
+    return all(torch.equal(a[k].float(), b[k].float()) for k in a)
+
+
+def test_keep_best_saves_the_best_validated_state_not_the_last(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="retriever", heldout_fraction=0.3, keep_best=True, eval_every=1, max_steps=3, lr_retriever=1e-3)
+    v = _ScriptedValidator([0.5, 0.6, 0.8, 0.7])  # steps 0, 1, 2, 3: step 2 is the best
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, *_models(model_dir, cfg), progress=False,
+                      validator=v)
+    result = trainer.train()
+    val = result.validation["retriever"]
+    assert [h["step"] for h in val["history"]] == [0, 1, 2, 3] and val["best_step"] == 2 and val["restored"]
+    assert not _same_state(v.states[2], v.states[3])  # training moved the weights after the best step
+    assert _same_state(_saved_retriever_state(tmp_path), v.states[2])
+    log = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["best"] == {"retriever": {"step": 2, "nDCG@10": 0.8}}
+
+
+def test_keep_best_keeps_the_start_when_training_only_hurts_and_patience_stops_early(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="retriever", heldout_fraction=0.3, keep_best=True, eval_every=1, patience=2, max_steps=10)
+    v = _ScriptedValidator([0.5, 0.4, 0.3, 0.2, 0.1])
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, *_models(model_dir, cfg), progress=False,
+                      validator=v)
+    result = trainer.train()
+    assert result.steps == 2  # two validations without a new best, then stop
+    assert result.validation["retriever"]["best_step"] == 0
+    assert _same_state(_saved_retriever_state(tmp_path), v.states[0])  # the model it started from
+    # a tie keeps the earlier state
+    v2 = _ScriptedValidator([0.5, 0.5, 0.5])
+    cfg2 = _cfg(mode="retriever", heldout_fraction=0.3, keep_best=True, eval_every=1, max_steps=2)
+    r2 = Trainer(cfg2, ds.corpus, ds.queries, lists, tmp_path / "tie", *_models(model_dir, cfg2), progress=False,
+                 validator=v2).train()
+    assert r2.validation["retriever"]["best_step"] == 0
+
+
+def test_keep_best_survives_a_kill_and_validates_over_the_corpus(setup, tmp_path):
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="retriever", heldout_fraction=0.3, keep_best=True, eval_every=1, max_steps=4, save_every=1)
+    first = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, *_models(model_dir, cfg), progress=False)
+    first.train(stop_after=2)  # killed after step 2's checkpoint
+    before = json.loads((tmp_path / "best" / "state.json").read_text())["retriever"]
+    assert [h["step"] for h in before["history"]] == [0, 1, 2]
+    again = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path, *_models(model_dir, cfg), progress=False)
+    result = again.train(resume=True)
+    hist = result.validation["retriever"]["history"]
+    assert [h["step"] for h in hist] == [0, 1, 2, 3, 4] and hist[:3] == before["history"]
+    best = max(hist, key=lambda h: h["nDCG@10"])
+    assert result.validation["retriever"]["best"] == pytest.approx(best["nDCG@10"], abs=1e-6)
+    # the saved model scores what its best validation said (the held-out queries over the whole corpus)
+    from tandem.train.validation import StageValidator
+
+    qrels = {l.qid: {e["pid"]: 1 for e in l.positives} for l in again.heldout}
+    saved = Retriever.from_pretrained(str(tmp_path / "retriever"))
+    score = StageValidator({q: ds.queries[q] for q in qrels}, qrels, ds.corpus).retriever(saved)["nDCG@10"]
+    assert score == pytest.approx(best["nDCG@10"], abs=1e-4)
+
+
+def test_keep_best_validates_a_reranker_over_a_first_stage_run(setup, tmp_path):
+    from tandem.data import read_run, write_run
+    from tandem.eval.metrics import evaluate
+    from tandem.rerank import rerank
+
+    ds, lists, model_dir = setup
+    run = bm25_search(ds.corpus, ds.split_queries(), k=20)
+    write_run(tmp_path / "first.trec", run)
+    cfg = _cfg(mode="reranker", heldout_fraction=0.3, keep_best=True, max_steps=2,
+               validation_run=str(tmp_path / "first.trec"), validation_depth=5)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "out", None, _models(model_dir, cfg)[1],
+                      progress=False)
+    result = trainer.train()
+    val = result.validation["reranker"]
+    assert [h["step"] for h in val["history"]] == [0, 2] and all("source_re-ranked top-5" in h for h in val["history"])
+    # by hand: the saved re-ranker over the first stage's top-5 of the held-out queries
+    held = {l.qid for l in trainer.heldout}
+    qrels = {q: {e["pid"]: 1 for e in l.positives} for l in trainer.heldout for q in [l.qid]}
+    ce = Reranker.from_pretrained(str(tmp_path / "out" / "reranker"))
+    first = {q: d for q, d in read_run(tmp_path / "first.trec").items() if q in held}
+    ndcg = evaluate(rerank(first, ds.queries, ds.corpus, ce, 5), qrels)["nDCG@10"]
+    assert val["best"] == pytest.approx(ndcg, abs=1e-4)
+    # without a run to re-rank, the re-ranker is judged on its held-out lists
+    cfg2 = _cfg(mode="reranker", heldout_fraction=0.3, keep_best=True, max_steps=1)
+    r2 = Trainer(cfg2, ds.corpus, ds.queries, lists, tmp_path / "out2", None, _models(model_dir, cfg2)[1],
+                 progress=False).train()
+    assert all("source_held-out lists" in h for h in r2.validation["reranker"]["history"])
+    with pytest.raises(ConfigError):
+        _cfg(mode="retriever", patience=2)  # patience needs keep_best

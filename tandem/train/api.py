@@ -58,11 +58,13 @@ def load_models(cfg: TrainConfig, retriever: str | None, reranker: str | None,
 def train(data: str | Path, out: str | Path, lists: str | Path | None = None, run: str | Path | None = None,
           top_n: int = 50, split: str = "train", retriever: str | None = None, reranker: str | None = None,
           config: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+          resume: bool = False, progress: bool = True, validator=None) -> TrainResult:
     """Train per ``config`` + ``overrides`` on lists read from ``lists`` or built from ``run`` + qrels.
 
     ``OUT`` receives ``retriever/`` and/or ``reranker/``, ``config.json``, ``metrics.jsonl`` and
-    ``checkpoints/``; ``resume`` continues a killed run from its latest checkpoint.
+    ``checkpoints/``; ``resume`` continues a killed run from its latest checkpoint. ``validator`` (a
+    :class:`tandem.train.validation.StageValidator`) is what ``keep_best`` validates on in place of the held-out
+    lists' queries.
     """
     cfg = load_config(config, overrides)
     directory = resolve_dataset(data)
@@ -78,5 +80,5 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
     if not training:
         raise TandemError("no training lists")
     r, ce = load_models(cfg, retriever, reranker, ds.corpus)
-    trainer = Trainer(cfg, ds.corpus, ds.queries, training, out, r, ce, progress=progress)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, training, out, r, ce, progress=progress, validator=validator)
     return trainer.train(resume=resume)

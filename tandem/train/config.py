@@ -86,6 +86,16 @@ class TrainConfig:
     eval_every: int = _f(0, "evaluate on held-out lists every N steps (0: only at start and end)")
     eval_corpus: bool = _f(False, "held-out evaluation also retrieves over the whole corpus with the retriever "
                                   "(nDCG@10, RR@10, R@100 of the held-out queries; encodes the corpus each time)")
+    keep_best: bool = _f(False, "validate each trained model where the held-out evaluation runs (at the start, "
+                                "every eval_every steps, at the end) as a user sees it (the retriever over the "
+                                "whole corpus, the re-ranker over a first-stage run: validation_run) and save "
+                                "its best state, the start included, instead of its last (early stopping's "
+                                "choice); without validation_run the re-ranker is judged on held-out lists")
+    patience: int = _f(0, "with keep_best: stop once this many validations in a row brought no trained model a "
+                          "new best (0: train every step)")
+    validation_run: str = _f("", "first-stage run (TREC) whose top validation_depth passages the re-ranker "
+                                 "re-ranks for the held-out queries when keep_best validates it")
+    validation_depth: int = _f(10, "passages per held-out query the re-ranker re-ranks for validation")
     heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (by a hash of the query id)")
     heldout_eval_lists: int = _f(0, "evaluate on this many of the held-out lists at most (a fixed subset; 0: all): "
                                     "the others stay out of training all the same")
@@ -114,6 +124,8 @@ class TrainConfig:
             (not self.kl_gate or self.heldout_fraction > 0, "kl_gate needs heldout_fraction > 0"),
             (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
             (self.precision in PRECISIONS, "precision must be auto, fp32 or bf16"),
+            (self.patience >= 0 and (not self.patience or self.keep_best), "patience needs keep_best (and >= 0)"),
+            (self.validation_depth >= 1, "validation_depth must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -38,6 +38,7 @@ from tandem.train.chunking import CachedChunks
 from tandem.train.config import TrainConfig, reranker_dropout
 from tandem.train.distributed import barrier, broadcast_parameters, mean_over_ranks, sum_gradients, world
 from tandem.train.lists import Group, ListSampler, TrainingList, heldout_indices
+from tandem.train.validation import BestStates, StageValidator
 from tandem.utils import autocast, progress_bar
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class TrainResult:
     final_losses: dict[str, float]
     heldout: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+    validation: dict[str, Any] = field(default_factory=dict)  # keep_best: each model's validations and best step
 
 
 def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
@@ -128,7 +130,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus, queries: Mapping[str, str], lists: list[TrainingList],
                  out: str | Path, retriever: Retriever | None = None, reranker: Reranker | None = None,
-                 progress: bool = True):
+                 progress: bool = True, validator: StageValidator | None = None):
         self.cfg = cfg
         self.corpus = corpus
         self.out = Path(out)
@@ -172,6 +174,14 @@ class Trainer:
         # held-out lists: a fixed split by query id, independent of the training seed and of the list count
         held = set(heldout_indices([lst.qid for lst in lists], cfg.heldout_fraction))
         self.heldout = [lists[i] for i in sorted(held)]
+        self.validator, self.best = validator, None
+        if cfg.keep_best:
+            if self.validator is None and self.heldout:  # all held-out queries, over the whole corpus
+                self.validator = self._heldout_validator(queries)
+            self.best = BestStates(self.out / "best", self.main)
+            if not self.validated_models() or not (self.validator is not None and len(self.validator)):
+                raise TandemError("keep_best needs validation queries: held-out lists (heldout_fraction > 0) "
+                                  "or a validator")
         if cfg.heldout_eval_lists and len(self.heldout) > cfg.heldout_eval_lists:  # cheaper diagnostics
             from tandem.train.lists import qid_unit
 
@@ -343,6 +353,41 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         return norms
 
+    # ---- validation (keep_best) -------------------------------------------------------------
+    def _heldout_validator(self, queries: Mapping[str, str]) -> StageValidator:
+        from tandem.data import read_run
+
+        qrels = {lst.qid: {e["pid"]: 1 for e in lst.positives if not e.get("pseudo")} for lst in self.heldout}
+        first = read_run(self.cfg.validation_run) if self.cfg.validation_run else None
+        return StageValidator({q: queries[q] for q in qrels if q in queries}, qrels, self.corpus, first,
+                              self.cfg.validation_depth)
+
+    def validated_models(self) -> dict[str, torch.nn.Module]:
+        """The models this mode trains, by name."""
+        out: dict[str, torch.nn.Module] = {}
+        if self.use_retriever:
+            out["retriever"] = self.retriever
+        if self.train_reranker:
+            out["reranker"] = self.reranker
+        return out
+
+    def validate(self, held: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate each trained model at this step and keep its state if it is its best; a re-ranker without a
+        first-stage run to re-rank is judged on its held-out list nDCG@10 (``held``)."""
+        out: dict[str, Any] = {}
+        for name, model in self.validated_models().items():
+            if self.validator is not None and self.validator.can_score(name):
+                metrics = getattr(self.validator, name)(model)
+                source = "corpus" if name == "retriever" else f"re-ranked top-{self.validator.depth}"
+            elif name in held:
+                metrics, source = dict(held[name]), "held-out lists"
+            else:
+                continue
+            metrics.pop("_per_query", None)
+            better = self.best.offer(name, self.step, {**metrics, "source_" + source: 1}, "nDCG@10", model)
+            out[name] = {"nDCG@10": round(metrics["nDCG@10"], 6), "source": source, "best": better}
+        return out
+
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_heldout(self, batch_size: int = 16) -> dict[str, Any]:
         """List metrics of both models on the held-out lists; with ``kl_gate``, opens or closes the gate."""
@@ -377,32 +422,19 @@ class Trainer:
             metrics["retriever_corpus"] = self._corpus_metrics()
         return metrics
 
-    @torch.no_grad()
     def _corpus_metrics(self) -> dict[str, float]:
         """The retriever over the whole corpus for the held-out queries: nDCG@10, RR@10, R@100."""
-        from tandem.eval.metrics import evaluate
-
-        mode = self.retriever.training
-        self.retriever.eval()
-        try:
-            passages = self.retriever.passage_tower().encode(list(self.corpus), batch_size=64)
-            queries = [self.held_sampler.query(i) for i in range(len(self.heldout))]
-            qv = self.retriever.query_tower().encode(queries, batch_size=64)
-        finally:
-            self.retriever.train(mode)
-        scores = torch.from_numpy(np.asarray(qv, dtype=np.float32)) @ torch.from_numpy(np.asarray(passages, dtype=np.float32)).T
-        top = scores.topk(min(100, scores.shape[1]), dim=1)
-        ids = self.corpus.ids
-        run = {lst.qid: {ids[int(j)]: float(v) for v, j in zip(vals, idx)}
-               for lst, vals, idx in zip(self.heldout, top.values.tolist(), top.indices.tolist())}
-        qrels = {lst.qid: {e["pid"]: 1 for e in lst.positives if not e.get("pseudo")} for lst in self.heldout}
-        return evaluate(run, qrels, ["nDCG@10", "RR@10", "R@100"])
+        if getattr(self, "_corpus_validator", None) is None:
+            self._corpus_validator = self._heldout_validator(
+                {lst.qid: self.held_sampler.query(i) for i, lst in enumerate(self.heldout)})
+        metrics = self._corpus_validator.retriever(self.retriever)
+        return {k: metrics[k] for k in ("nDCG@10", "RR@10", "R@100")}
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
         for k in ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "eval_corpus", "log_every",
-                  "device"):
+                  "device", "patience"):
             cfg.pop(k)
         models = {"retriever": self.retriever.query_encoder.name if self.retriever is not None else None,
                   "reranker": self.reranker.name if self.reranker is not None else None}
@@ -477,8 +509,11 @@ class Trainer:
             self._log({"step": 0, "fit_mixing": fit})
         if self.step == 0:
             held = self.evaluate_heldout()
-            if held or self.world > 1:
-                self._log({"step": 0, "heldout": held, "world_size": self.world})
+            record = {"step": 0, "heldout": held, "world_size": self.world}
+            if self.best is not None:
+                record["validation"] = self.validate(held)
+            if held or self.world > 1 or self.best is not None:
+                self._log(record)
         t0, seqs, last = time.perf_counter(), 0, {}
         per_list = self.cfg.list_size * (int(self.use_retriever) + int(self.use_reranker)) + int(self.use_retriever)
         with progress_bar(self.total_steps, f"train ({self.cfg.mode})", self.progress and self.main, unit="step") as bar:
@@ -504,8 +539,12 @@ class Trainer:
                 last = sums
                 record = {"step": self.step, **{k: round(v, 6) for k, v in sums.items()}, **norms,
                           "lr": self.schedulers[next(iter(self.schedulers))].get_last_lr()[0]}
+                stop = False
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.total_steps:
                     record["heldout"] = self.evaluate_heldout()
+                    if self.best is not None:
+                        record["validation"] = self.validate(record["heldout"])
+                        stop = all(self.best.stale(n, self.cfg.patience) for n in self.validated_models())
                 if self.cfg.kl_gate:
                     record["kl_gate_open"] = self.gate_open
                 if self.step % self.cfg.log_every == 0 or "heldout" in record:
@@ -515,15 +554,39 @@ class Trainer:
                 if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
                     barrier()
+                if stop:
+                    log.info("early stop at step %d of %d: %d validations without a new best (patience)",
+                             self.step, self.total_steps, self.cfg.patience)
+                    break
         seconds = time.perf_counter() - t0
         held = self.evaluate_heldout()
-        if held:
-            self._log({"step": self.step, "heldout": held, "final": True})
+        final: dict[str, Any] = {"step": self.step, "heldout": held, "final": True}
+        validation: dict[str, Any] = {}
+        if self.best is not None:
+            final["validation"] = self.validate(held)
+            barrier()  # the best states are on disk before any rank reads them
+            restored = [n for n, m in self.validated_models().items() if self.best.restore(n, m, self.step)]
+            validation = self.best.summary()
+            for name, entry in validation.items():
+                entry["restored"] = name in restored
+                last_v = entry["history"][-1]["nDCG@10"] if entry["history"] else float("nan")
+                if name in restored:
+                    log.info("keep_best: %s kept from step %d (validation nDCG@10 %.4f) over step %d (%.4f)",
+                             name, entry["best_step"], entry["best"], self.step, last_v)
+                else:
+                    log.info("keep_best: %s kept at its last step %d (validation nDCG@10 %.4f)", name, self.step,
+                             last_v)
+            if restored:  # the held-out list metrics of the models saved
+                held = self.evaluate_heldout()
+                final["heldout_saved"] = held
+            final["best"] = {n: {"step": e["best_step"], "nDCG@10": e["best"]} for n, e in validation.items()}
+        if held or self.best is not None:
+            self._log(final)
         if self.main:
             self.save_models(held)
         self.save_checkpoint()
         barrier()
-        return TrainResult(self.step, seconds, seqs / max(seconds, 1e-9), last, held, self.out)
+        return TrainResult(self.step, seconds, seqs / max(seconds, 1e-9), last, held, self.out, validation)
 
     def save_models(self, heldout: dict[str, Any] | None = None) -> None:
         """``OUT/retriever`` and ``OUT/reranker`` with model cards, each replaced atomically."""
