@@ -63,6 +63,9 @@ class MineSettings:
     calibration_fraction: float = _f(0.1, "share of training queries whose labelled pairs fit the calibration")
     calibration_positives: int = _f(5, "labelled positives per calibration query scored beyond its candidates at "
                                        "most (the first in the qrels; 0: all): NFCorpus has ~40 a query")
+    calibration_max_queries: int = _f(0, "calibration queries at most (the held-out ones in the order of a hash of "
+                                         "the id; 0: all): each costs its candidates and up to calibration_positives "
+                                         "more pairs, ~100 s of the demo's 14 minutes for NFCorpus's 259")
     denoise_top: int = _f(0, "score only each query's first k candidates (0: all); the rest stay undenoised")
     max_pseudo: int = _f(3, "pseudo-positives per query at most (the most probable)")
     near_copy: float = _f(0.8, "a candidate whose word set overlaps a labelled positive's by at least this Jaccard "
@@ -305,14 +308,15 @@ def heldout_qids(qids: list[str], fraction: float) -> set[str]:
     return held_by_hash(qids, fraction) or set(qids)  # too few queries to hold any out: calibrate on all
 
 
-def denoise_subset(qids: list[str], n: int, held: set[str]) -> set[str] | None:
-    """The queries a budgeted denoising scores (``n`` of them: the ``held`` ones first, then the others in the
-    order of a hash of the id, so the choice is the same whatever the order of ``qids``); None: all."""
+def denoise_subset(qids: list[str], n: int, held: set[str], skip: set[str] = frozenset()) -> set[str] | None:
+    """The queries a budgeted denoising scores (``n`` of them: the ``held`` ones first, then the others but
+    ``skip`` in the order of a hash of the id, so the choice is the same whatever the order of ``qids``); None:
+    all."""
     if n <= 0 or n >= len(qids):
         return None
     from tandem.train.lists import qid_unit
 
-    rest = sorted((q for q in qids if q not in held), key=lambda q: qid_unit(q, "denoise"))
+    rest = sorted((q for q in qids if q not in held and q not in skip), key=lambda q: qid_unit(q, "denoise"))
     return set([q for q in qids if q in held] + rest[: max(0, n - len(held))])
 
 
@@ -507,6 +511,12 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     seconds["retrieve"] = time.perf_counter() - t0
 
     held = heldout_qids(qids, settings.calibration_fraction)  # the calibration queries (a warm-up holds them out)
+    uncalibrated: set[str] = set()  # held out, beyond the cap: neither calibrated on nor trained on
+    if 0 < settings.calibration_max_queries < len(held):
+        from tandem.train.lists import qid_unit
+
+        capped = set(sorted(held, key=lambda q: qid_unit(q, "calibration"))[: settings.calibration_max_queries])
+        held, uncalibrated = capped, held - capped
     if warmup_reranker:
         t0 = time.perf_counter()
         reranker = str(_warmup(ds, directory, work, cand_path, positives, settings, warmup_steps, warmup_overrides,
@@ -521,13 +531,14 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         ident = getattr(reranker, "name", type(reranker).__name__) if loaded else str(reranker)
         key = {"reranker": ident, "fingerprint": None if loaded else model_fingerprint(resolve_model(str(reranker))),
                "denoise_top": settings.denoise_top, "denoise_queries": settings.denoise_queries,
-               "calibration_positives": settings.calibration_positives}
+               "calibration_positives": settings.calibration_positives,
+               "calibration_max_queries": settings.calibration_max_queries}
         _invalidate(work, state, "scores", key, ["scores.jsonl"])
         state["scores"] = key
         write_json(work / "manifest.json", state)
         t0 = time.perf_counter()
         score_path = work / "scores.jsonl"
-        only = denoise_subset(qids, settings.denoise_queries, held)
+        only = denoise_subset(qids, settings.denoise_queries, held, uncalibrated)
         if only is not None:
             log.info("mine: denoising %d of %d training queries (denoise_queries); lists for those alone",
                      len(only), len(qids))

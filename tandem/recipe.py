@@ -38,6 +38,7 @@ CPU_RATES_BF16 = {"encode_per_s": 110.0, "train_seq_per_s": 16.0, "rerank_pairs_
 # training shapes, 2-core EPYC, fp32 (benchmarks/train_memory.py, 2026-12-02)
 FUSED_ATTENTION_SPEEDUP = 1.25
 HYBRID_EXTRA_PAIRS = 1.45
+CALIBRATION_POSITIVES = 5  # tandem.mine's calibration_positives: labelled pairs scored per calibration query at most
 
 
 def default_rates() -> dict[str, float]:
@@ -102,6 +103,8 @@ class RecipeConfig:
     denoise: bool = _f(True, "denoise the lists with the warmed-up re-ranker (hybrid lists: undenoised + denoised "
                              "pools, pseudo-positives) before joint training")
     denoise_top: int = _f(10, "candidates per training query the re-ranker scores for denoising (0: all top_n)")
+    calibration_max_queries: int = _f(100, "held-out training queries whose labelled pairs calibrate the denoiser, "
+                                           "at most (0: all held out)")
     low: float = _f(0.1, "denoising: calibrated probability below which a candidate is a clean negative")
     high: float = _f(0.9, "denoising: probability above which a candidate becomes a pseudo-positive")
     low_from_positives: float = _f(0.0, "denoising, if > 0: low = this quantile of the held-out labelled positives' "
@@ -265,8 +268,14 @@ def denoised_queries(cfg: RecipeConfig, n_train: int) -> int:
         return n_train
     if cfg.denoise_queries > 0:
         return min(n_train, cfg.denoise_queries)
-    jb, _ = cfg.stage_shape("joint")  # the held-out queries, then one pass of the joint stage's draws
-    return min(n_train, math.ceil(cfg.heldout_fraction * n_train) + cfg.joint_steps * jb)
+    jb, _ = cfg.stage_shape("joint")  # the calibration queries, then one pass of the joint stage's draws
+    return min(n_train, calibration_queries(cfg, n_train) + cfg.joint_steps * jb)
+
+
+def calibration_queries(cfg: RecipeConfig, n_train: int) -> int:
+    """How many held-out training queries calibrate the denoiser."""
+    held = math.ceil(cfg.heldout_fraction * n_train)
+    return min(held, cfg.calibration_max_queries) if cfg.calibration_max_queries > 0 else held
 
 
 def rerank_depths(cfg: RecipeConfig) -> list[int]:
@@ -276,12 +285,14 @@ def rerank_depths(cfg: RecipeConfig) -> list[int]:
     return depths
 
 
-def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: int = 0) -> dict[str, float]:
+def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: int = 0,
+         positives: float = 1.15) -> dict[str, float]:
     """Estimated seconds per stage from measured throughputs (``cfg.rates`` or this CPU's), scaled by length.
 
     Encoding, re-ranking and attention costs are taken as linear in length (a slight underestimate
     for long inputs); training and encoding stages are divided over ``cfg.devices``. ``n_val``
-    validation queries are searched beside the test queries and their top-k re-ranked.
+    validation queries are searched beside the test queries and their top-k re-ranked; ``positives`` is the mean
+    number of labelled positives of a training query (the denoiser's calibration scores up to five of them).
     """
     rates = {**default_rates(), **(cfg.rates or {})}
     dev = max(1, cfg.devices)
@@ -337,7 +348,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
            "lists": n_train / queries + 5,
            "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
            + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c"),
-           "denoise": (denoised_queries(cfg, n_train) * ((cfg.denoise_top or cfg.top_n) + 0.15) / pairs + 10)
+           "denoise": ((denoised_queries(cfg, n_train) * (cfg.denoise_top or cfg.top_n)
+                        + calibration_queries(cfg, n_train) * min(positives, CALIBRATION_POSITIVES)) / pairs + 10)
            if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker")
                                             + (jl + 1) * cached("joint") / fused("joint")) / seq + 30
@@ -378,7 +390,7 @@ STEP_SETTINGS = {"retriever_warmup_steps": ("retriever_warmup_epochs", "retrieve
 
 
 def size_training(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int,
-                  n_val: int = 0) -> tuple[RecipeConfig, dict[str, Any]]:
+                  n_val: int = 0, positives: float = 1.15) -> tuple[RecipeConfig, dict[str, Any]]:
     """The recipe with its training steps fixed for this data: epochs turned into steps, then (with
     ``budget_minutes``) every training stage shrunk by one factor until the plan fits the budget. Where even
     ``min_steps`` would not fit, the evaluation shrinks first (the deepest re-ranking depth, then the
@@ -401,7 +413,7 @@ def size_training(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int,
         return replace(base, **{k: max(min(v, cfg.min_steps), int(factor * v)) if v else 0 for k, v in wanted.items()})
 
     def total(c: RecipeConfig) -> float:
-        return sum(plan(c, n_passages, n_train, n_test, n_val).values())
+        return sum(plan(c, n_passages, n_train, n_test, n_val, positives).values())
 
     budget = 60.0 * cfg.budget_minutes
     shrunk = []
@@ -598,13 +610,14 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
         test_ds = load_beir(directory, cfg.eval_split, corpus=train_ds.corpus)
         val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
         sizes = (cfg.plan_passages or len(train_ds.corpus), cfg.plan_train_queries or len(train_ds.qrels),
-                 cfg.plan_eval_queries or len(test_ds.qrels), len(val.queries))
+                 cfg.plan_eval_queries or len(test_ds.qrels), len(val.queries),
+                 sum(map(len, train_ds.qrels.values())) / max(1, len(train_ds.qrels)))
     rerank_depths(cfg)
     peer_rows(cfg.peers)  # a damaged peers file fails now, not after the training
     cfg, sizing = size_training(cfg, *sizes)
     if val is not None and cfg.val_max_queries < len(val.queries):  # the budget asked for fewer
         val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
-        sizes = (*sizes[:3], len(val.queries))
+        sizes = (*sizes[:3], len(val.queries), *sizes[4:])
     estimate = plan(cfg, *sizes)
     if dry_run:
         import torch
@@ -771,7 +784,8 @@ class _Runner:
             ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top,
                               split=cfg.train_split, low_from_positives=cfg.low_from_positives,
                               calibration_fraction=cfg.heldout_fraction if 0 < cfg.heldout_fraction < 1 else 0.1,
-                              denoise_queries=denoised_queries(cfg, len(self.train_ds.qrels)))
+                              denoise_queries=denoised_queries(cfg, len(self.train_ds.qrels)),
+                              calibration_max_queries=cfg.calibration_max_queries)
             if reranker is not None:  # denoising: the lists stage mined these candidates; resume from them
                 work = d / "lists.mine"
                 work.mkdir(parents=True, exist_ok=True)
@@ -798,6 +812,7 @@ class _Runner:
             lists_stage = "denoise"
             st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high,
                                "low_from_positives": cfg.low_from_positives,
+                               "calibration_max_queries": cfg.calibration_max_queries,
                                "queries": denoised_queries(cfg, len(self.train_ds.qrels))},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),

@@ -266,3 +266,27 @@ def test_backwards_denoiser_is_not_used(planted, tmp_path):
     good = mine(data, tmp_path / "ok.jsonl", reranker=OverlapScorer(), progress=False,
                 settings=_settings(calibration="platt", low_from_positives=0.1))
     assert good.report["denoising"]["calibration"].get("usable", True) and good.report["denoising"]["denoised_negatives"]
+
+
+def test_calibration_max_queries_caps_the_calibration_set(planted, tmp_path):
+    """calibration_max_queries: only that many held-out queries (a fixed hash order) are scored for calibration,
+    with their extra labelled positives; a budgeted denoising then scores them and the rest of its queries."""
+    from tandem.train.lists import heldout_qids
+
+    data, _, _ = planted
+    ds = load_beir(data, "train")
+    held = heldout_qids(list(ds.qrels), 0.3)
+    assert len(held) > 2
+    kw = dict(calibration_fraction=0.3, denoise_queries=len(held) + 2)
+    full = mine(data, tmp_path / "all.jsonl", reranker=OverlapScorer(), settings=_settings(**kw), progress=False)
+    capped = mine(data, tmp_path / "cap.jsonl", reranker=OverlapScorer(),
+                  settings=_settings(calibration_max_queries=2, **kw), progress=False)
+    assert full.report["denoising"]["calibration"]["queries"] == len(held)
+    assert capped.report["denoising"]["calibration"]["queries"] == 2
+    lists = _lists(capped.lists)
+    # the 2 calibration queries, then training queries by the denoising hash (never the uncalibrated held-out ones)
+    assert len(lists) == len(held) + 2 and len(set(lists) & held) == 2
+    # a rerun with the same cap picks the same queries
+    again = mine(data, tmp_path / "cap2.jsonl", reranker=OverlapScorer(),
+                 settings=_settings(calibration_max_queries=2, **kw), progress=False)
+    assert set(_lists(again.lists)) == set(lists)
