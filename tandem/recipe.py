@@ -731,11 +731,10 @@ class _Runner:
     def _beats(self, a: str, b: str) -> tuple[bool, float, float, float]:
         """Whether system ``a`` beats ``b`` on validation: mean nDCG@10 above ``b``'s + min_gain and a one-sided
         paired randomisation p below adopt_p. Returns (verdict, a's mean, b's mean, p)."""
-        from tandem.eval.stats import paired_test
+        from tandem.eval.stats import one_sided_p, paired_test
 
         va, vb = self._evaluate(self.systems[a], "val"), self._evaluate(self.systems[b], "val")
-        test = paired_test(va["_per_query"], vb["_per_query"])
-        p = test["p"] / 2 if test["diff"] > 0 else 1.0 - test["p"] / 2
+        p = one_sided_p(paired_test(va["_per_query"], vb["_per_query"]))
         ok = va["nDCG@10"] > vb["nDCG@10"] + self.cfg.min_gain and p < self.cfg.adopt_p
         return ok, va["nDCG@10"], vb["nDCG@10"], p
 
@@ -944,7 +943,8 @@ class _Runner:
             from tandem.data import read_run
             from tandem.train.validation import StageValidator
 
-            overrides |= {"keep_best": True}  # eval_every is val_every (train_overrides)
+            # eval_every is val_every (train_overrides); a state replaces the start only as adoption would take it
+            overrides |= {"keep_best": True, "keep_best_p": self.cfg.adopt_p}
             first = self.systems[first_stage] if first_stage else None
             settings = {"validation": self.val.key, "first_stage": first_stage,
                         "depth": max(rerank_depths(self.cfg))}

@@ -397,7 +397,10 @@ class _ScriptedValidator:
 
     def retriever(self, model):
         self.states.append(copy.deepcopy(model.state_dict()))
-        return {"nDCG@10": self.scores[len(self.states) - 1], "_per_query": {}}
+        score = self.scores[len(self.states) - 1]
+        if isinstance(score, dict):  # per-query scores
+            return {"nDCG@10": sum(score.values()) / len(score), "_per_query": score}
+        return {"nDCG@10": score, "_per_query": {}}
 
     reranker = retriever
 
@@ -495,3 +498,25 @@ def test_keep_best_validates_a_reranker_over_a_first_stage_run(setup, tmp_path):
     assert all("source_held-out lists" in h for h in r2.validation["reranker"]["history"])
     with pytest.raises(ConfigError):
         _cfg(mode="retriever", patience=2)  # patience needs keep_best
+
+
+def test_keep_best_takes_a_later_state_over_the_start_only_on_a_significant_gain(setup, tmp_path):
+    ds, lists, model_dir = setup
+    start = {f"q{i}": 0.5 for i in range(30)}
+    noise = {**start, "q0": 0.9}  # a higher mean from one query: no gain
+    gain = {q: 0.7 for q in start}  # every query better
+    for scores, best in (([start, noise], 0), ([start, noise, gain], 2)):
+        cfg = _cfg(mode="retriever", heldout_fraction=0.3, keep_best=True, eval_every=1, max_steps=len(scores) - 1)
+        v = _ScriptedValidator(scores)
+        out = tmp_path / str(len(scores))
+        result = Trainer(cfg, ds.corpus, ds.queries, lists, out, *_models(model_dir, cfg), progress=False,
+                         validator=v).train()
+        val = result.validation["retriever"]
+        assert val["best_step"] == best, scores
+        assert val["history"][1]["p_vs_start"] > 0.1
+        assert _same_state(_saved_retriever_state(out), v.states[best])
+    # keep_best_p = 1: the mean alone decides, and the noise wins
+    cfg = _cfg(mode="retriever", heldout_fraction=0.3, keep_best=True, eval_every=1, max_steps=1, keep_best_p=1.0)
+    r = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "mean", *_models(model_dir, cfg), progress=False,
+                validator=_ScriptedValidator([start, noise])).train()
+    assert r.validation["retriever"]["best_step"] == 1

@@ -56,6 +56,11 @@ def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], rounds
             "wins": int(np.sum(d > 0)), "losses": int(np.sum(d < 0))}
 
 
+def one_sided_p(test: Mapping[str, float]) -> float:
+    """The one-sided p of "a beats b" from a :func:`paired_test` result."""
+    return test["p"] / 2 if test["diff"] > 0 else 1.0 - test["p"] / 2
+
+
 def describe_test(test: Mapping[str, float], a: str, b: str) -> str:
     """One line for logs and reports: ``a - b = +0.0123 (p = 0.004, 61 wins / 40 losses over 300 queries)``."""
     return (f"{a} - {b} = {test['diff']:+.4f} nDCG@10 (paired randomisation p = {test['p']:.3g}; "

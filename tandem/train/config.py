@@ -91,6 +91,10 @@ class TrainConfig:
                                 "whole corpus, the re-ranker over a first-stage run: validation_run) and save "
                                 "its best state, the start included, instead of its last (early stopping's "
                                 "choice); without validation_run the re-ranker is judged on held-out lists")
+    keep_best_p: float = _f(0.1, "with keep_best: a trained state replaces the start only if it beats the start's "
+                                 "per-query validation scores with a one-sided paired randomisation p below this "
+                                 "(1: the mean alone decides; a gain within the noise of a few hundred queries is "
+                                 "no gain); among the states that do, the best mean is kept")
     patience: int = _f(0, "with keep_best: stop once this many validations in a row brought no trained model a "
                           "new best (0: train every step)")
     validation_run: str = _f("", "first-stage run (TREC) whose top validation_depth passages the re-ranker "

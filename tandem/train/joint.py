@@ -383,8 +383,8 @@ class Trainer:
                 metrics, source = dict(held[name]), "held-out lists"
             else:
                 continue
-            metrics.pop("_per_query", None)
-            better = self.best.offer(name, self.step, {**metrics, "source_" + source: 1}, "nDCG@10", model)
+            better = self.best.offer(name, self.step, {**metrics, "source_" + source: 1}, "nDCG@10", model,
+                                     self.cfg.keep_best_p)
             out[name] = {"nDCG@10": round(metrics["nDCG@10"], 6), "source": source, "best": better}
         return out
 

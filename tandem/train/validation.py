@@ -97,7 +97,9 @@ class BestStates:
     """Each model's best validated state so far, on disk under ``directory`` (``<name>.pt`` + ``state.json``).
 
     A later state replaces the best only if it scores strictly higher, so on a tie the earlier (shorter-trained)
-    state, the start included, is kept.
+    state, the start included, is kept; and, with ``p_max`` < 1, only if it also beats the start (the first state
+    offered) over the queries by a one-sided paired randomisation p below ``p_max``: early stopping on a mean
+    picks noise as readily as gains.
     """
 
     def __init__(self, directory: Path, main: bool = True):
@@ -112,14 +114,26 @@ class BestStates:
         s = self.state.get(name)
         return (int(s["best_step"]), float(s["best"])) if s and "best_step" in s else None
 
-    def offer(self, name: str, step: int, metrics: Mapping[str, Any], measure: str, model: torch.nn.Module) -> bool:
-        """Record ``model``'s ``metrics`` at ``step``; keep its state if it is the best so far. Returns whether it
-        was."""
+    def offer(self, name: str, step: int, metrics: Mapping[str, Any], measure: str, model: torch.nn.Module,
+              p_max: float = 1.0) -> bool:
+        """Record ``model``'s ``metrics`` at ``step`` (``_per_query``: its per-query scores, for the test against
+        the start); keep its state if it is the best so far. Returns whether it was."""
+        from tandem.eval.stats import one_sided_p, paired_test
+
         score = float(metrics[measure])
+        per_query = metrics.get("_per_query") or {}
         entry = self.state.setdefault(name, {"measure": measure, "history": []})
-        entry["history"] = [h for h in entry["history"] if h["step"] < step] + \
-            [{"step": step, **{k: round(float(v), 6) for k, v in metrics.items() if not k.startswith("_")}}]
-        better = "best" not in entry or score > entry["best"]
+        record = {"step": step, **{k: round(float(v), 6) for k, v in metrics.items() if not k.startswith("_")}}
+        first = "best" not in entry
+        if first:
+            entry["start_per_query"] = per_query
+        better = first or score > entry["best"]
+        if not first and p_max < 1.0 and per_query:  # held-out list metrics have no per-query scores: the mean
+            start = entry.get("start_per_query") or {}
+            p = one_sided_p(paired_test(per_query, start)) if per_query and set(per_query) & set(start) else 1.0
+            record["p_vs_start"] = round(p, 6)
+            better = better and p < p_max
+        entry["history"] = [h for h in entry["history"] if h["step"] < step] + [record]
         if better:
             entry.update(best=score, best_step=step)
             if self.main:
