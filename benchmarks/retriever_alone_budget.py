@@ -25,7 +25,8 @@ import json
 import time
 from pathlib import Path
 
-from summarize_runs import seeds_row  # benchmarks/ is on the path when a script here runs
+from demo_seeds import per_query  # benchmarks/ is on the path when a script here runs
+from summarize_runs import seeds_row
 
 
 def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | None = None,
@@ -71,8 +72,8 @@ def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | N
     for name in ("retriever-only", "joint-retriever", "joint-retriever+reranker"):
         if name in report:
             scores[name] = report[name]
-    per_query = {ROW: _per_query(out / "run.trec", test.qrels), "joint-retriever":
-                 _per_query(run / "joint-index" / "run.trec", test.qrels)}
+    by_query = {ROW: per_query(out / "run.trec", test.qrels), "joint-retriever":
+                per_query(run / "joint-index" / "run.trec", test.qrels)}
     if rerank_pair and mode == "joint":
         from tandem.data import write_run
         from tandem.models.reranker import Reranker
@@ -85,16 +86,9 @@ def continue_alone(run: Path, out: Path, mode: str = "retriever", sets: dict | N
             write_run(out / "pair.trec", rerank(read_run(run / first / "run.trec"), test.queries, test.corpus, ce, k,
                                                 progress=False))
         scores[PAIR] = evaluate(read_run(out / "pair.trec"), test.qrels)
-        per_query[PAIR] = _per_query(out / "pair.trec", test.qrels)
-        per_query["joint-retriever+reranker"] = _per_query(run / "rerank" / "run.trec", test.qrels)
-    return {"scores": scores, "train_s": train_s, "steps": joint["max_steps"], "per_query": per_query}
-
-
-def _per_query(path: Path, qrels) -> dict[str, float]:
-    from tandem.data import read_run
-    from tandem.eval.metrics import evaluate_per_query
-
-    return {q: v["nDCG@10"] for q, v in evaluate_per_query(read_run(path), qrels, ["nDCG@10"]).items()}
+        by_query[PAIR] = per_query(out / "pair.trec", test.qrels)
+        by_query["joint-retriever+reranker"] = per_query(run / "rerank" / "run.trec", test.qrels)
+    return {"scores": scores, "train_s": train_s, "steps": joint["max_steps"], "per_query": by_query}
 
 
 ROW = "this script's retriever"

@@ -513,9 +513,9 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     held = heldout_qids(qids, settings.calibration_fraction)  # the calibration queries (a warm-up holds them out)
     uncalibrated: set[str] = set()  # held out, beyond the cap: neither calibrated on nor trained on
     if 0 < settings.calibration_max_queries < len(held):
-        from tandem.train.lists import qid_unit
+        from tandem.train.lists import first_by_hash
 
-        capped = set(sorted(held, key=lambda q: qid_unit(q, "calibration"))[: settings.calibration_max_queries])
+        capped = set(first_by_hash(held, settings.calibration_max_queries, "calibration"))
         held, uncalibrated = capped, held - capped
     if warmup_reranker:
         t0 = time.perf_counter()

@@ -38,7 +38,6 @@ CPU_RATES_BF16 = {"encode_per_s": 110.0, "train_seq_per_s": 16.0, "rerank_pairs_
 # training shapes, 2-core EPYC, fp32 (benchmarks/train_memory.py, 2026-12-02)
 FUSED_ATTENTION_SPEEDUP = 1.25
 HYBRID_EXTRA_PAIRS = 1.45
-CALIBRATION_POSITIVES = 5  # tandem.mine's calibration_positives: labelled pairs scored per calibration query at most
 
 
 def default_rates() -> dict[str, float]:
@@ -294,6 +293,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     validation queries are searched beside the test queries and their top-k re-ranked; ``positives`` is the mean
     number of labelled positives of a training query (the denoiser's calibration scores up to five of them).
     """
+    from tandem.mine import MineSettings
+
     rates = {**default_rates(), **(cfg.rates or {})}
     dev = max(1, cfg.devices)
     enc = rates["encode_per_s"] * 128 / cfg.max_length * dev
@@ -349,7 +350,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
            "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
            + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c"),
            "denoise": ((denoised_queries(cfg, n_train) * (cfg.denoise_top or cfg.top_n)
-                        + calibration_queries(cfg, n_train) * min(positives, CALIBRATION_POSITIVES)) / pairs + 10)
+                        + calibration_queries(cfg, n_train) * min(positives, MineSettings.calibration_positives))
+                       / pairs + 10)
            if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker")
                                             + (jl + 1) * cached("joint") / fused("joint")) / seq + 30
@@ -562,11 +564,11 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
     (by a hash of the id, so they are never trained on), else none, with the reason."""
     from tandem.data import load_beir
     from tandem.data.beir import splits
-    from tandem.train.lists import heldout_qids, qid_unit
+    from tandem.train.lists import first_by_hash, heldout_qids
 
     def capped(queries: dict[str, str], qrels) -> tuple[dict[str, str], dict]:
-        keep = sorted((q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())), key=qid_unit)
-        keep = set(keep[: cfg.val_max_queries])
+        keep = set(first_by_hash([q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())],
+                                 cfg.val_max_queries))
         return {q: t for q, t in queries.items() if q in keep}, {q: d for q, d in qrels.items() if q in keep}
 
     want = cfg.validation

@@ -183,9 +183,9 @@ class Trainer:
                 raise TandemError("keep_best needs validation queries: held-out lists (heldout_fraction > 0) "
                                   "or a validator")
         if cfg.heldout_eval_lists and len(self.heldout) > cfg.heldout_eval_lists:  # cheaper diagnostics
-            from tandem.train.lists import qid_unit
+            from tandem.train.lists import first_by_hash
 
-            keep = {lst.qid for lst in sorted(self.heldout, key=lambda l: qid_unit(l.qid))[: cfg.heldout_eval_lists]}
+            keep = set(first_by_hash([lst.qid for lst in self.heldout], cfg.heldout_eval_lists))
             self.heldout = [lst for lst in self.heldout if lst.qid in keep]
         self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:
@@ -354,11 +354,12 @@ class Trainer:
         return norms
 
     # ---- validation (keep_best) -------------------------------------------------------------
-    def _heldout_validator(self, queries: Mapping[str, str]) -> StageValidator:
+    def _heldout_validator(self, queries: Mapping[str, str], with_run: bool = True) -> StageValidator:
+        """The held-out lists' queries over the whole corpus; ``with_run``: and ``validation_run`` to re-rank."""
         from tandem.data import read_run
 
         qrels = {lst.qid: {e["pid"]: 1 for e in lst.positives if not e.get("pseudo")} for lst in self.heldout}
-        first = read_run(self.cfg.validation_run) if self.cfg.validation_run else None
+        first = read_run(self.cfg.validation_run) if self.cfg.validation_run and with_run else None
         return StageValidator({q: queries[q] for q in qrels if q in queries}, qrels, self.corpus, first,
                               self.cfg.validation_depth)
 
@@ -426,7 +427,7 @@ class Trainer:
         """The retriever over the whole corpus for the held-out queries: nDCG@10, RR@10, R@100."""
         if getattr(self, "_corpus_validator", None) is None:
             self._corpus_validator = self._heldout_validator(
-                {lst.qid: self.held_sampler.query(i) for i, lst in enumerate(self.heldout)})
+                {lst.qid: self.held_sampler.query(i) for i, lst in enumerate(self.heldout)}, with_run=False)
         metrics = self._corpus_validator.retriever(self.retriever)
         return {k: metrics[k] for k in ("nDCG@10", "RR@10", "R@100")}
 

@@ -137,6 +137,12 @@ def qid_unit(qid: str, salt: str = "tandem-heldout") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def first_by_hash(qids: Iterable[str], n: int, salt: str = "tandem-heldout") -> list[str]:
+    """The ``n`` queries that come first in the order of ``qid_unit(qid, salt)``: a fixed subset whatever the order
+    or count of ``qids``."""
+    return sorted(qids, key=lambda q: qid_unit(q, salt))[:n]
+
+
 def heldout_qids(qids: Iterable[str], fraction: float) -> set[str]:
     """The queries held out for evaluation: those whose id hashes below ``fraction``.
 
@@ -151,7 +157,7 @@ def heldout_qids(qids: Iterable[str], fraction: float) -> set[str]:
     held = {q for q in qids if qid_unit(q) < fraction}
     if not held or len(held) == len(qids):
         k = min(max(1, round(fraction * len(qids))), len(qids) - 1)
-        held = set(sorted(qids, key=qid_unit)[:k])
+        held = set(first_by_hash(qids, k))
     return held
 
 

@@ -10,7 +10,6 @@ included: a stage that only makes a model worse ends with the model it started f
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,9 +17,7 @@ import numpy as np
 import torch
 
 from tandem.data.types import Corpus, Qrels, Run
-from tandem.io import read_json, write_json
-
-log = logging.getLogger(__name__)
+from tandem.io import atomic_path, read_json, write_json
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 
@@ -130,17 +127,15 @@ class BestStates:
         better = first or score > entry["best"]
         if not first and p_max < 1.0 and per_query:  # held-out list metrics have no per-query scores: the mean
             start = entry.get("start_per_query") or {}
-            p = one_sided_p(paired_test(per_query, start)) if per_query and set(per_query) & set(start) else 1.0
+            p = one_sided_p(paired_test(per_query, start)) if set(per_query) & set(start) else 1.0
             record["p_vs_start"] = round(p, 6)
             better = better and p < p_max
         entry["history"] = [h for h in entry["history"] if h["step"] < step] + [record]
         if better:
             entry.update(best=score, best_step=step)
             if self.main:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.dir / f".{name}.pt.tmp"
-                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-                tmp.replace(self.dir / f"{name}.pt")
+                with atomic_path(self.dir / f"{name}.pt") as tmp:
+                    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
         if self.main:
             write_json(self.dir / "state.json", self.state)
         return better
