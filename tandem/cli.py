@@ -48,6 +48,12 @@ class IndexType(str, Enum):
     flat = "flat"
     hnsw = "hnsw"
     ivfpq = "ivfpq"
+    ivf = "ivf"
+
+
+class Store(str, Enum):
+    faiss = "faiss"
+    milvus = "milvus"
 
 
 class Backend(str, Enum):
@@ -219,13 +225,27 @@ def index(data: str = DataOpt,
           pooling: Optional[Pooling] = typer.Option(None, help="Override the model's pooling."),
           normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize",
                                                    help="Override the model's L2 normalisation."),
-          index_type: IndexType = typer.Option(IndexType.flat, "--index-type", help="flat (exact), hnsw or ivfpq."),
+          index_type: IndexType = typer.Option(IndexType.flat, "--index-type",
+                                               help="flat (exact), hnsw, ivfpq (FAISS) or ivf (IVF_FLAT, Milvus)."),
+          store: Store = typer.Option(Store.faiss, "--store", help="Where the vectors live: a FAISS file (default) or "
+                                                                    "a Milvus collection (Milvus Lite inside --out, or "
+                                                                    "the server at --milvus-uri)."),
+          milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="A Milvus server "
+                                                   "(http://host:19530; token from $TANDEM_MILVUS_TOKEN); default: "
+                                                   "Milvus Lite inside --out."),
+          milvus_collection: Optional[str] = typer.Option(None, "--milvus-collection",
+                                                          help="The collection's alias (default: tandem_ and the "
+                                                               "--out directory's name)."),
+          append: bool = typer.Option(False, "--append", help="Add --data's passages to the existing Milvus-store "
+                                                              "index at --out, encoded with its model (no rebuild; "
+                                                              "a server picks them up on reload)."),
           embeddings: EmbDtype = typer.Option(EmbDtype.float32, help="Also save embeddings.npy in this dtype."),
           shard_size: int = typer.Option(50_000, "--shard-size", min=1, help="Passages encoded per resumable shard "
                                                                              "(a killed build continues from its shards)."),
           backend: Backend = BackendOpt,
           progress: bool = ProgressOpt) -> None:
-    """Encode the corpus and build a FAISS index (with ids and manifest.json); resumable shard by shard.
+    """Encode the corpus and build a FAISS index or a Milvus collection (with ids and manifest.json); resumable
+    shard by shard. ``--append`` adds passages to a Milvus-store index.
 
     Under ``torchrun --nproc_per_node N`` the shards are spread over N processes (one GPU each)."""
     from tandem.data import resolve_dataset
@@ -237,18 +257,28 @@ def index(data: str = DataOpt,
     t0 = time.perf_counter()
     directory = resolve_dataset(data)
     corpus_file = beir_corpus_file(directory)
+    if append:
+        from tandem.data.beir import iter_any_corpus
+        from tandem.index.dense import append_to_index
+
+        n = append_to_index(out, iter_any_corpus(corpus_file), batch_size=batch_size, progress=progress)
+        _echo_err(f"index: appended {n:,} passages from {corpus_file} -> {out} ({time.perf_counter() - t0:.1f}s)")
+        return
     encoder = Encoder.from_pretrained(model, max_length=max_length, pooling=pooling.value if pooling else None,
                                       normalize=normalize, backend=backend.value)
     # the passages are streamed from the file, a shard at a time: memory does not grow with the corpus
     idx = build_index(corpus_file, out, encoder, corpus_hash=sha256_file(corpus_file), corpus_file=str(corpus_file),
                       index_type=index_type.value,
                       batch_size=batch_size, embeddings_dtype=None if embeddings == EmbDtype.none else embeddings.value,
-                      progress=progress, shard_size=shard_size, distributed=True)
+                      progress=progress, shard_size=shard_size, distributed=True, store=store.value,
+                      milvus_uri=milvus_uri, milvus_collection=milvus_collection)
     dt = time.perf_counter() - t0
     if idx is None:  # under torchrun: this process encoded its shards; rank 0 builds the index
         _echo_err(f"index: this process's shards encoded ({dt:.1f}s); rank 0 writes {out}")
         return
-    _echo_err(f"index: {len(idx):,} passages, dim {idx.index.d}, {index_type.value} -> {out} "
+    where = f"Milvus collection {idx.collection}" if store == Store.milvus else "FAISS"
+    idx.close()
+    _echo_err(f"index: {len(idx):,} passages, dim {idx.dim}, {index_type.value} ({where}) -> {out} "
               f"({dt:.1f}s, {len(idx) / dt:.1f} passages/s)")
 
 
@@ -321,14 +351,14 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
 
 
 def _index_corpus(idx, data: Optional[str]):
-    """The passages of an index: ``--data``'s corpus, else the corpus file the index recorded."""
-    from tandem.data import resolve_dataset
-    from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
+    """The passages of an index: ``--data``'s corpus, else the corpus file the index recorded (checked against
+    the index's corpus hash), with any passages appended since."""
+    from tandem.index.dense import index_corpus
 
-    path = beir_corpus_file(resolve_dataset(data)) if data is not None else idx.info.get("corpus_file")
-    if not path or not Path(path).exists():
+    corpus, _ = index_corpus(idx, data)
+    if corpus is None:
         raise TandemError("--hybrid needs the passage texts for BM25: pass --data (the indexed dataset)")
-    return load_any_corpus(path)
+    return corpus
 
 
 def _fuse_with_bm25(run: dict, queries: dict, corpus, k: int) -> dict:
@@ -563,8 +593,10 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
           host: str = typer.Option("127.0.0.1", help="Interface to bind (127.0.0.1: this machine only)."),
           port: int = typer.Option(8000, help="TCP port."),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TANDEM_API_KEY",
-                                                help="Require this X-API-Key header on /search, /info, /reload."),
+                                                help="Require this X-API-Key header on /search, /info, /reload, /passages."),
           allow_reload: bool = typer.Option(False, "--allow-reload", help="Enable POST /reload (SIGHUP always reloads)."),
+          allow_append: bool = typer.Option(False, "--allow-append", help="Enable POST /passages: add passages to a "
+                                                                          "Milvus-store index without a rebuild."),
           max_batch: int = typer.Option(32, "--max-batch", min=1, help="Queries per model batch."),
           max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
           max_queries: int = typer.Option(32, "--max-queries", min=1, help="Queries per request at most."),
@@ -579,7 +611,8 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
     from tandem.serve import ServeSettings, serve as _serve
 
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queries=max_queries, max_k=max_k,
-                             max_candidates=max_candidates, api_key=api_key or None, allow_reload=allow_reload)
+                             max_candidates=max_candidates, api_key=api_key or None, allow_reload=allow_reload,
+                             allow_append=allow_append)
     _serve(index, reranker=reranker, data=data, host=host, port=port, settings=settings,
            allow_untrained_reranker=allow_untrained_reranker, backend=backend.value, hybrid=hybrid)
 

@@ -62,6 +62,7 @@ class Pipeline:
         self.bm25 = bm25  # with a BM25 index over the same corpus, the first stage is hybrid (RRF)
         self.info = info or {}
         self._lock = threading.Lock()  # torch modules are used by one thread at a time
+        self._passage_encoder = None  # loaded on the first append
 
     @classmethod
     def load(cls, index_dir: str | Path, reranker: str | Path | None = None, data: str | Path | None = None,
@@ -76,30 +77,25 @@ class Pipeline:
             hybrid: also build a BM25 index over the corpus and fuse its ranking with the dense one
                 (reciprocal rank fusion) as the first stage.
         """
-        from tandem.data import resolve_dataset
-        from tandem.data.beir import corpus_file as beir_corpus_file, load_any_corpus
         from tandem.index.dense import load_index_and_encoder
-        from tandem.io import sha256_file
 
         index_dir = Path(index_dir)
         index, encoder = load_index_and_encoder(index_dir)  # refuses a directory that is not a tandem index
         encoder.set_backend(backend)
-        corpus = None
-        corpus_file = None
-        if data is not None:
-            corpus_file = beir_corpus_file(resolve_dataset(data))
-        elif index.info.get("corpus_file") and Path(index.info["corpus_file"]).exists():
-            corpus_file = Path(index.info["corpus_file"])
-        if corpus_file is not None:
-            want = index.info.get("corpus_hash")
-            if want and sha256_file(corpus_file) != want:
-                raise IncompatibleArtifactError(f"{corpus_file}: not the corpus the index {index_dir} was built from "
-                                                "(sha256 differs)")
-            corpus = load_any_corpus(corpus_file)
-            missing = [pid for pid in index.ids[:1000] if pid not in corpus]
-            if missing:
-                raise IncompatibleArtifactError(f"{corpus_file}: passage {missing[0]!r} of the index is not in it")
-        elif reranker is not None or hybrid:
+        try:
+            return cls._around(index, encoder, index_dir, reranker, data, allow_untrained_reranker, backend, hybrid)
+        except BaseException:
+            index.close()  # a Milvus store's connection (and a Lite store's lock) goes with the failed load
+            raise
+
+    @classmethod
+    def _around(cls, index, encoder, index_dir: Path, reranker, data, allow_untrained_reranker: bool, backend: str,
+                hybrid: bool) -> "Pipeline":
+        """The corpus, BM25 and re-ranker around a loaded index."""
+        from tandem.index.dense import index_corpus
+
+        corpus, corpus_file = index_corpus(index, data)
+        if corpus is None and (reranker is not None or hybrid):
             raise TandemError(f"{index_dir}: {'re-ranking' if reranker is not None else 'hybrid search'} needs the "
                               "passage texts; pass the dataset (--data)")
         bm25 = None
@@ -118,8 +114,9 @@ class Pipeline:
                                       "(tandem train --mode reranker) or pass a trained one")
                 log.warning("re-ranker %s has an untrained head: its scores are noise", reranker)
             ce.eval()
-        info = {"index": str(index_dir), "passages": len(index), "dim": int(index.index.d),
-                "index_type": index.info.get("index_type"), "model": index.info.get("model"), "backend": backend,
+        info = {"index": str(index_dir), "passages": len(index), "dim": index.dim,
+                "index_type": index.info.get("index_type"), "store": index.store,
+                "model": index.info.get("model"), "backend": backend,
                 "reranker": str(reranker) if reranker is not None else None,
                 "corpus": str(corpus_file) if corpus_file else None, "hybrid": hybrid,
                 "bm25": bm25.describe() if bm25 is not None else None, "manifest": index.info}
@@ -181,6 +178,33 @@ class Pipeline:
                 i = self.corpus.index[h.pid]
                 h.title, h.text = self.corpus.title(i).strip(), self.corpus.body(i)
         return hits
+
+    def append(self, records: Sequence[tuple[str, str, str]]) -> int:
+        """Add ``(pid, title, text)`` passages to a live Milvus-store index: encoded with the index's passage
+        encoder, written to the collection and recorded in the index directory, then searchable here at once
+        (and by other processes after a reload). Returns the number added."""
+        from tandem.index.dense import passage_encoder_for
+        from tandem.index.milvus_store import append_passages
+
+        if self.index.store != "milvus":
+            self.index.add([], np.zeros((0, self.index.dim), dtype=np.float32))  # raises: FAISS indexes are rebuilt
+        with self._lock:
+            if self._passage_encoder is None:
+                self._passage_encoder = passage_encoder_for(self.index.info)
+            n = append_passages(self.index, records, self._passage_encoder)
+            if self.corpus is not None:
+                self.corpus = self.corpus.concat(Corpus.from_records((pid, title or "", text)
+                                                                     for pid, title, text in records))
+                if self.bm25 is not None:
+                    from tandem.index.bm25 import BM25
+
+                    self.bm25 = BM25(self.corpus, self.bm25.settings)
+            self.info["passages"] = len(self.index)
+        return n
+
+    def close(self) -> None:
+        """Release the index (a Milvus store's connection; nothing for FAISS)."""
+        self.index.close()
 
 
 __all__ = ["Pipeline", "Hit", "Request"]

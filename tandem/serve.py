@@ -7,6 +7,9 @@
 - ``POST /reload`` (when enabled) or SIGHUP: load the index again (or another one), check it,
   then swap it in; batches already running finish on the old pipeline, a broken index is refused
   and the old one keeps serving.
+- ``POST /passages`` (when enabled, behind the API key; Milvus store only): ``{"passages": [{"id", "title",
+  "text"}, ...]}`` encodes them with the index's passage encoder, adds them to the live collection and the
+  index directory, and makes them searchable at once, without a rebuild.
 
 Requests that arrive together are answered as one batch (one encoder pass, one re-ranker pass):
 a single worker takes the first waiting request, everything queued behind it up to
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tandem.errors import TandemError
 from tandem.pipeline import Pipeline, Request
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class ServeSettings:
     max_body_bytes: int = 256 * 1024
     api_key: str | None = None
     allow_reload: bool = False
+    allow_append: bool = False
 
 
 class MicroBatcher:
@@ -135,6 +140,16 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
                                 description="retrieved passages the re-ranker re-scores (at least k are retrieved)")
         rerank: bool = Field(True, description="re-rank the candidates (when the service has a re-ranker)")
 
+    class Passage(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        id: str = Field(..., min_length=1, max_length=1024, description="passage id (new to the index)")
+        title: str = Field("", description="title (may be empty)")
+        text: str = Field(..., description="passage text")
+
+    class PassagesBody(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        passages: list[Passage] = Field(..., description="passages to add (the body limit bounds how many)")
+
     class ReloadBody(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         index: Optional[str] = Field(None, description="index directory to load (default: the current one again)")
@@ -178,7 +193,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
             body = await request.body()
             if len(body) > settings.max_body_bytes:
                 return error(413, f"body over {settings.max_body_bytes} bytes")
-        if settings.api_key and request.url.path in ("/search", "/reload", "/info"):
+        if settings.api_key and request.url.path in ("/search", "/reload", "/info", "/passages"):
             if request.headers.get("x-api-key") != settings.api_key:
                 return error(401, "missing or wrong X-API-Key header")
         return await call_next(request)
@@ -233,8 +248,10 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
             except Exception as e:  # noqa: BLE001 - a broken index must not take the service down
                 log.warning("reload refused, still serving %s: %s", state["pipeline"].info.get("index"), e)
                 raise HTTPException(422, f"reload refused, the old index keeps serving: {e}") from None
-            state["pipeline"] = new
+            old, state["pipeline"] = state["pipeline"], new
             state["reloads"] += 1
+            # batches that took the old pipeline are already queued on the model thread: close it after them
+            loop.run_in_executor(batcher.executor, old.close)
             log.info("reloaded: now serving %s (%d passages)", new.info.get("index"), len(new.index))
             return {"status": "reloaded", "index": new.info.get("index"), "passages": len(new.index),
                     "reloads": state["reloads"]}
@@ -244,6 +261,23 @@ def create_app(pipeline: Pipeline, settings: ServeSettings = ServeSettings(),
         if not settings.allow_reload:
             return error(403, "reloading is disabled (start with --allow-reload)")
         return await _reload(body.index if body else None)
+
+    @app.post("/passages")
+    async def passages(body: PassagesBody):
+        if not settings.allow_append:
+            return error(403, "adding passages is disabled (start with --allow-append)")
+        if not body.passages:
+            return error(422, "passages: the list is empty")
+        records = [(x.id, x.title, x.text) for x in body.passages]
+        async with reload_lock:  # not while an index is being swapped in
+            p = state["pipeline"]
+            loop = asyncio.get_running_loop()
+            try:  # on the model thread, between search batches
+                n = await loop.run_in_executor(batcher.executor, p.append, records)
+            except TandemError as e:
+                return error(422, str(e))
+        log.info("appended %d passages: %d in all", n, len(p.index))
+        return {"status": "appended", "appended": n, "passages": len(p.index)}
 
     @app.get("/", include_in_schema=False)
     async def page():

@@ -50,6 +50,15 @@ class Corpus(Sequence[str]):
             title_lens.append(len(t) if title else 0)
         return cls(ids, buf, np.asarray(offsets, dtype=np.int64), np.asarray(title_lens, dtype=np.int64))
 
+    def concat(self, other: "Corpus") -> "Corpus":
+        """This corpus followed by ``other`` (a new object; the texts are copied once, not re-encoded)."""
+        buf = bytearray(self._buf)
+        buf += other._buf
+        offsets = np.concatenate([self._off, other._off[1:] + len(self._buf)]).astype(np.int64)
+        mine = self._title_len if self._title_len is not None else np.zeros(len(self), dtype=np.int64)
+        theirs = other._title_len if other._title_len is not None else np.zeros(len(other), dtype=np.int64)
+        return Corpus(self.ids + other.ids, buf, offsets, np.concatenate([mine, theirs]).astype(np.int64))
+
     def __len__(self) -> int:
         return len(self.ids)
 

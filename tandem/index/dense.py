@@ -56,7 +56,8 @@ def load_embeddings(path: str | os.PathLike) -> np.ndarray:
 def build_index(corpus: Corpus | str | os.PathLike, out: str | os.PathLike, encoder: Encoder | None = None, *,
                 corpus_hash: str = "", corpus_file: str = "", index_type: str = "flat", batch_size: int = 32,
                 embeddings_dtype: str | None = "float32", progress: bool = False, shard_size: int = 50_000,
-                distributed: bool = False, seed: int = 0, **index_options) -> DenseIndex | None:
+                distributed: bool = False, seed: int = 0, store: str = "faiss", milvus_uri: str | None = None,
+                milvus_collection: str | None = None, **index_options):
     """Encode every passage and save a :class:`DenseIndex` (and the embeddings) under ``out``.
 
     ``corpus`` is a loaded :class:`Corpus` or the path of a passages file (BEIR corpus.jsonl, MS MARCO
@@ -71,7 +72,23 @@ def build_index(corpus: Corpus | str | os.PathLike, out: str | os.PathLike, enco
     round-robin to the processes (one per GPU), and rank 0 builds the one index it saves and
     returns; the other ranks return ``None``. The processes meet through the shard files, not
     collectives, so a long encoding cannot hit a process-group timeout.
+
+    ``store="milvus"`` fills a Milvus collection from the same shards instead of a FAISS file (Milvus Lite
+    inside ``out``, or the server at ``milvus_uri``; :func:`tandem.index.milvus_store.build_milvus`) and
+    returns the open :class:`~tandem.index.milvus_store.MilvusIndex`.
     """
+    if store not in ("faiss", "milvus"):
+        raise TandemError(f"store must be faiss or milvus, got {store!r}")
+    if store == "faiss" and (milvus_uri or milvus_collection):
+        raise TandemError("--milvus-uri and --milvus-collection need --store milvus")
+    if store == "milvus":
+        from tandem.index.milvus_store import index_params, require_pymilvus
+
+        require_pymilvus()
+        index_params(index_type, 1, **index_options)  # an index type Milvus lacks fails before the encoding
+    elif index_type == "ivf":
+        raise TandemError("index type ivf (IVF_FLAT) is a Milvus store option; the FAISS store offers flat, hnsw "
+                          "and ivfpq")
     rank, size = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))) if distributed else (0, 1)
     encoder = encoder or Encoder.from_pretrained(None)
     if not isinstance(corpus, Corpus):
@@ -86,6 +103,15 @@ def build_index(corpus: Corpus | str | os.PathLike, out: str | os.PathLike, enco
         return None
     paths, ids = shards
     info["passages"] = len(ids)
+    if store == "milvus":
+        from tandem.index.milvus_store import build_milvus
+
+        built = build_milvus(paths, ids, info, out, work, int(encoder.dim), index_type, index_options, milvus_uri,
+                             milvus_collection)
+        if embeddings_dtype:
+            save_embeddings_from_shards(Path(out) / "embeddings.npy", paths, embeddings_dtype)
+        shutil.rmtree(work, ignore_errors=True)
+        return built
     options = dict(index_options)
     if index_type == "ivfpq":
         options["nlist"] = options.get("nlist") or default_nlist(len(ids))
@@ -234,9 +260,49 @@ def load_index_and_encoder(index_dir: str | os.PathLike, model: str | None = Non
     else:
         encoder = Encoder.from_pretrained(name, pooling=info["pooling"], normalize=info["normalize"],
                                           max_length=info["max_length"], prefix=info.get("prefix", ""))
-    if encoder.dim != index.index.d:
-        raise IncompatibleArtifactError(f"{index_dir}: index dim {index.index.d} != model dim {encoder.dim}")
+    if encoder.dim != index.dim:
+        index.close()
+        raise IncompatibleArtifactError(f"{index_dir}: index dim {index.dim} != model dim {encoder.dim}")
     return index, encoder
+
+
+def passage_encoder_for(info: dict) -> Encoder:
+    """The encoder that made an index's passage vectors, from its manifest (a tandem retriever's passage
+    tower, or the model with the recorded pooling, normalisation, length and prefix); refused when the
+    model on disk is no longer the one the manifest names."""
+    name = info["model"]
+    fp = model_fingerprint(resolve_model(name))
+    if fp != info.get("model_fingerprint"):
+        raise IncompatibleArtifactError(f"model {name!r} has fingerprint {fp}, the index was built with "
+                                        f"{info.get('model_fingerprint')}: its new vectors would not match the old")
+    from tandem.models.retriever import CONFIG_FILE, Retriever
+
+    precision = info.get("precision")
+    backend = precision if precision in ("onnx", "onnx-int8") else "torch"
+    if (Path(name) / CONFIG_FILE).exists():
+        enc = Retriever.from_pretrained(name).passage_tower()
+    else:
+        enc = Encoder.from_pretrained(name, pooling=info["pooling"], normalize=info["normalize"],
+                                      max_length=info["max_length"], prefix=info.get("prefix", ""))
+    if backend != "torch":
+        enc.set_backend(backend)
+    elif precision in ("fp32", "bf16"):
+        enc.precision = precision
+    return enc
+
+
+def append_to_index(index_dir: str | os.PathLike, records, batch_size: int = 32, progress: bool = False) -> int:
+    """Add ``(pid, title, text)`` passages to a Milvus-store index directory without a rebuild; returns how many.
+    Whoever serves the index sees them after a reload (``POST /reload`` or SIGHUP)."""
+    index = DenseIndex.load(index_dir)
+    try:
+        if index.store != "milvus":
+            index.add([], np.zeros((0, index.dim), dtype=np.float32))  # raises: FAISS indexes are rebuilt
+        from tandem.index.milvus_store import append_passages
+
+        return append_passages(index, records, passage_encoder_for(index.info), batch_size, progress)
+    finally:
+        index.close()
 
 
 def dense_search(index: DenseIndex, encoder: Encoder, queries: Mapping[str, str], k: int = 100,
@@ -245,3 +311,32 @@ def dense_search(index: DenseIndex, encoder: Encoder, queries: Mapping[str, str]
     vectors = encoder.encode([queries[q] for q in qids], batch_size=batch_size, progress=progress,
                              desc="encoding queries")
     return index.search(qids, vectors, k)
+
+
+def index_corpus(index, data: str | os.PathLike | None = None) -> tuple[Corpus | None, Path | None]:
+    """The passages of an index and the file they came from: ``data``'s corpus (a dataset name or directory),
+    else the corpus file the manifest recorded; ``(None, None)`` when neither is there. The file must be the
+    one the index was built from (sha256), and passages appended since (Milvus store) are added after it."""
+    from itertools import chain
+
+    from tandem.data import resolve_dataset
+    from tandem.data.beir import corpus_file as beir_corpus_file, iter_any_corpus
+
+    info = index.info
+    path: Path | None = None
+    if data is not None:
+        path = beir_corpus_file(resolve_dataset(data))
+    elif info.get("corpus_file") and Path(info["corpus_file"]).exists():
+        path = Path(info["corpus_file"])
+    if path is None:
+        return None, None
+    want = info.get("corpus_hash")
+    if want and sha256_file(path) != want:
+        raise IncompatibleArtifactError(f"{path}: not the corpus the index was built from (sha256 differs)")
+    extra = [Path(index.directory) / a["file"] for a in info.get("appended") or []
+             if getattr(index, "directory", None) is not None]
+    corpus = Corpus.from_records(chain(iter_any_corpus(path), *(iter_any_corpus(p) for p in extra)))
+    missing = [pid for pid in index.ids[:1000] if pid not in corpus]
+    if missing:
+        raise IncompatibleArtifactError(f"{path}: passage {missing[0]!r} of the index is not in it")
+    return corpus, path

@@ -97,8 +97,21 @@ class DenseIndex:
         return cls(index, ids, {**info, "index_type": kind, "index_options": options, "dim": int(vectors.shape[1]),
                                 "size": len(ids)})
 
+    store = "faiss"
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def close(self) -> None:
+        """Nothing to release (the Milvus store's connection is closed by its own ``close``)."""
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        raise TandemError("appending passages needs an index built with --store milvus; rebuild this FAISS index "
+                          "with the new passages in the corpus (tandem index)")
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and positions (Q, k) of the top-``k`` passages for each query vector."""
@@ -127,12 +140,15 @@ class DenseIndex:
             write_json(tmp / "manifest.json", manifest("dense-index", **{**self.info, **sums}))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, expect: dict[str, Any] | None = None) -> "DenseIndex":
-        """Load an index directory; refuse when ``expect`` (e.g. the model fingerprint) disagrees."""
+    def load(cls, path: str | os.PathLike, expect: dict[str, Any] | None = None):
+        """Load an index directory; refuse when ``expect`` (e.g. the model fingerprint) disagrees.
+
+        A directory whose manifest names the Milvus store opens its collection instead
+        (:class:`~tandem.index.milvus_store.MilvusIndex`, searched the same way)."""
         import faiss
 
         path = Path(path)
-        for f in ("index.faiss", "ids.txt", "manifest.json"):
+        for f in ("ids.txt", "manifest.json"):
             if not (path / f).exists():
                 raise IncompatibleArtifactError(f"{path}: not a tandem index (missing {f}); build one with tandem index")
         info = read_json(path / "manifest.json")
@@ -141,14 +157,20 @@ class DenseIndex:
             raise IncompatibleArtifactError(f"{path}/manifest.json: kind is {kind!r}, expected 'dense-index'; "
                                             "rebuild the index with tandem index")
         check_compatible(info, expect or {}, path)
+        store = info.get("store", "faiss")
+        if store not in ("faiss", "milvus"):
+            raise IncompatibleArtifactError(f"{path}/manifest.json: unknown store {store!r} (faiss or milvus)")
+        if store == "faiss" and not (path / "index.faiss").exists():
+            raise IncompatibleArtifactError(f"{path}: not a tandem index (missing index.faiss); build one with tandem index")
         for name, want in (info.get("sha256") or {}).items():  # indexes built before checksums have none
             if sha256_file(path / name) != want:
                 raise IncompatibleArtifactError(f"{path}/{name}: checksum differs from the manifest's (the file is "
                                                 "damaged or was replaced); rebuild the index with tandem index")
-        from tandem.io import open_text
+        ids = read_ids(path, info)
+        if store == "milvus":
+            from tandem.index.milvus_store import MilvusIndex
 
-        with open_text(path / "ids.txt") as f:
-            ids = f.read().splitlines()
+            return MilvusIndex.open(path, info, ids)
         try:
             index = faiss.read_index(str(path / "index.faiss"))
         except RuntimeError as e:
@@ -158,6 +180,32 @@ class DenseIndex:
             raise IncompatibleArtifactError(f"{path}: index.faiss holds {index.ntotal} vectors but ids.txt {len(ids)} "
                                             "ids; rebuild the index with tandem index")
         return cls(index, ids, info)
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """sha256 of the ids as ``ids.txt`` writes them (one per line)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(f"{i}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def read_ids(path: Path, info: dict[str, Any]) -> list[str]:
+    """The passage ids of an index directory. A Milvus store names how many of ``ids.txt``'s lines are
+    committed (``size``; an append killed before its manifest leaves more) and their digest."""
+    from tandem.io import open_text
+
+    with open_text(path / "ids.txt") as f:
+        ids = f.read().splitlines()
+    if info.get("store") == "milvus":
+        n = int(info.get("size", len(ids)))
+        if len(ids) < n or ids_digest(ids[:n]) != info.get("ids_sha256"):
+            raise IncompatibleArtifactError(f"{path}/ids.txt: not the {n} ids the manifest records (the file is "
+                                            "damaged or was replaced); rebuild the index with tandem index")
+        ids = ids[:n]
+    return ids
 
 
 def check_compatible(info: dict[str, Any], expect: dict[str, Any], where: Path) -> None:
