@@ -220,7 +220,7 @@ class MilvusIndex:
     store = "milvus"
 
     def __init__(self, directory: Path | None, uri: str, collection: str, ids: Sequence[str], info: dict[str, Any],
-                 client=None):
+                 client=None, orphans: bool = False):
         self.directory = directory
         self.uri = uri
         self.collection = collection
@@ -228,6 +228,10 @@ class MilvusIndex:
         self.info = info
         self.client = client if client is not None else connect(uri)
         self._closed = False
+        # rows past the committed ids (an interrupted append) are filtered out in Milvus; the filter costs ~25% of a
+        # Lite search, so it is on only when there are some. Rows another process appended since this one opened
+        # the collection are dropped from the results (it sees them after a reload).
+        self.orphans = orphans
         m = info.get("milvus") or {}
         self._kind = m.get("index_type", "FLAT")
         self._search = search_params(self._kind, **(info.get("index_options") or {}))
@@ -251,9 +255,10 @@ class MilvusIndex:
         k = min(k, len(self.ids), 16_384)  # Milvus's top-k limit
         if k < 1 or not len(queries):
             return [[] for _ in range(len(queries))]
-        res = self.client.search(self.collection, data=list(queries), limit=k, filter=f"row < {len(self.ids)}",
+        n = len(self.ids)
+        res = self.client.search(self.collection, data=list(queries), limit=k, filter=f"row < {n}" if self.orphans else "",
                                  search_params={"metric_type": "IP", "params": self._search})
-        return [[(int(h.id), float(h.distance)) for h in hits] for hits in res]
+        return [[(int(h.id), float(h.distance)) for h in hits if int(h.id) < n] for hits in res]
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and positions (Q, k) of the top-``k`` passages for each query vector (-1 where fewer)."""
@@ -307,7 +312,7 @@ class MilvusIndex:
         except Exception:
             disconnect(uri, client)
             raise
-        return cls(path, uri, alias, ids, info, client)
+        return cls(path, uri, alias, ids, info, client, orphans=have > len(ids))
 
 
 def lite_stores(directory: Path) -> Iterable[Path]:
@@ -438,6 +443,7 @@ def append_passages(index: MilvusIndex, records: Sequence[tuple[str, str, str]],
         write_json(d / "manifest.json", manifest("dense-index", **fields))
     except BaseException:
         index.ids = old  # the rows stay in the collection, unseen (``row < size``); the next append replaces them
+        index.orphans = True
         raise
     log.info("index: appended %d passages to %s (%d in all)", len(records), d, len(index.ids))
     return len(records)
