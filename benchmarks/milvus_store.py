@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tandem.data import load_beir, resolve_dataset
-    from tandem.data.beir import corpus_file
+    from tandem.data.dataset import corpus_file
     from tandem.eval.metrics import evaluate_per_query
     from tandem.eval.stats import paired_test
     from tandem.index.dense import encode_in_shards, encoder_info

@@ -113,7 +113,7 @@ def data_dpr_lists(train_json: Path = typer.Argument(..., help="DPR training fil
                    corpus: Optional[Path] = typer.Option(None, "--corpus", help="psgs_w100.tsv: drop contexts whose "
                                                                                 "passage id it lacks (counted).")) -> None:
     """Convert DPR training examples (positive and hard-negative contexts) into tandem training lists."""
-    from tandem.data.beir import load_any_corpus
+    from tandem.data.dataset import load_any_corpus
     from tandem.data.dpr import iter_dpr_training
     from tandem.io import atomic_open
 
@@ -145,7 +145,7 @@ def data_msmarco_lists(triples: Path = typer.Argument(..., help="MS MARCO qidpid
                        corpus: Optional[Path] = typer.Option(None, "--corpus", help="collection.tsv: drop triples "
                                                                                     "whose ids it lacks (counted).")) -> None:
     """Convert MS MARCO's official id triples (BM25 hard negatives) into tandem training lists."""
-    from tandem.data.beir import load_any_corpus
+    from tandem.data.dataset import load_any_corpus
     from tandem.data.msmarco import triples_to_lists
 
     c = triples_to_lists(triples, out, max_negatives, load_any_corpus(corpus) if corpus is not None else None)
@@ -183,7 +183,7 @@ def data_check(directory: str = typer.Argument(..., help="Dataset directory or n
                f"p95 {stats['passage_words_p95']:.0f})")
     typer.echo(f"  queries   {stats['queries']:>10,}  (mean {stats['query_words_mean']:.1f} words)")
     for split, s in stats["splits"].items():
-        line = f"  qrels/{split}: {s['queries']:,} queries, {s['judgments']:,} judgments ({s['relevant']:,} relevant)"
+        line = f"  {s['file']}: {s['queries']:,} queries, {s['judgments']:,} judgments ({s['relevant']:,} relevant)"
         if s["unknown_query_judgments"] or s["unknown_passage_judgments"]:
             line += (f"; WARNING {s['unknown_query_judgments']} name unknown queries, "
                      f"{s['unknown_passage_judgments']} unknown passages")
@@ -249,16 +249,16 @@ def index(data: str = DataOpt,
 
     Under ``torchrun --nproc_per_node N`` the shards are spread over N processes (one GPU each)."""
     from tandem.data import resolve_dataset
-    from tandem.data.beir import corpus_file as beir_corpus_file
+    from tandem.data.dataset import corpus_file as corpus_file_of
     from tandem.index.dense import build_index
     from tandem.io import sha256_file
     from tandem.models.encoder import Encoder
 
     t0 = time.perf_counter()
     directory = resolve_dataset(data)
-    corpus_file = beir_corpus_file(directory)
+    corpus_file = corpus_file_of(directory)
     if append:
-        from tandem.data.beir import iter_any_corpus
+        from tandem.data.dataset import iter_any_corpus
         from tandem.index.dense import append_to_index
 
         n = append_to_index(out, iter_any_corpus(corpus_file), batch_size=batch_size, progress=progress)
@@ -451,8 +451,9 @@ def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
         for r, run in loaded.items():
             results[r].update(_evaluate(run, judged, measures))
     if answers is not None:
-        from tandem.data.beir import load_any_corpus
-        from tandem.data.dpr import answer_accuracy, load_qas
+        from tandem.data.dataset import load_any_corpus
+        from tandem.data.dpr import load_qas
+        from tandem.eval.answers import answer_accuracy
 
         if corpus is None:
             raise TandemError("--answers needs --corpus (the passages whose text is searched for the answers)")

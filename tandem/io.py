@@ -222,3 +222,25 @@ def manifest(kind: str, **fields: Any) -> dict[str, Any]:
         **fields,
         "versions": versions(),
     }
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON Lines file (gzip tolerated); errors
+    name file and line."""
+    from tandem.errors import DataFormatError
+
+    n_objects = 0
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(path, f"expected a JSON object, found {type(obj).__name__}", lineno)
+            n_objects += 1
+            yield lineno, obj
+    if n_objects == 0:
+        raise DataFormatError(path, "file is empty: expected one JSON object per line")

@@ -24,7 +24,7 @@ import numpy as np
 
 from tandem.data.trec import ranked
 from tandem.data.types import Corpus
-from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.errors import TandemError
 from tandem.index.fusion import HYBRID_DEPTH, rrf_scores
 
 log = logging.getLogger(__name__)

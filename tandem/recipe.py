@@ -535,7 +535,7 @@ def eval_split_of(cfg: RecipeConfig, directory: Path) -> str:
     """The split the report evaluates on: ``eval_split``, or with ``auto`` test where the data has it, else dev."""
     if cfg.eval_split != "auto":
         return cfg.eval_split
-    from tandem.data.beir import splits
+    from tandem.data.dataset import splits
 
     have = splits(directory)
     for name in ("test", "dev"):
@@ -563,7 +563,7 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
     """Validation queries: a dev split (not the one reported), else the training queries the trainer holds out
     (by a hash of the id, so they are never trained on), else none, with the reason."""
     from tandem.data import load_beir
-    from tandem.data.beir import splits
+    from tandem.data.dataset import splits
     from tandem.train.lists import first_by_hash, heldout_qids
 
     def capped(queries: dict[str, str], qrels) -> tuple[dict[str, str], dict]:
@@ -761,7 +761,7 @@ class _Runner:
 
         st.run("bm25", {"data": data_key, **vkey}, bm25)
         self._system("bm25", "bm25")
-        from tandem.data.beir import corpus_file
+        from tandem.data.dataset import corpus_file
 
         # the indexes record their corpus file, so `tandem serve INDEX --reranker ...` finds the texts
         self.corpus_file = str(corpus_file(Path(data_key)))

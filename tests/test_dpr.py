@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tandem.data.dpr import (answer_accuracy, answer_tokens, has_answer, iter_dpr_training, iter_json_array,
-                             load_psgs, load_qas)
+from tandem.data.dpr import iter_dpr_training, iter_json_array, load_psgs, load_qas
+from tandem.eval.answers import answer_accuracy, answer_tokens, has_answer
 from tandem.data.types import Corpus
 from tandem.errors import DataFormatError
 from tests.test_cli import tandem

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tandem.data import load_beir
-from tandem.data.beir import is_msmarco_layout, splits
+from tandem.data.dataset import is_msmarco_layout, splits
 from tests.conftest import generate_dataset
 from tests.test_cli import tandem
 
@@ -42,6 +42,20 @@ def test_msmarco_layout_end_to_end(tmp_path, tiny_model_dir):
            "--retriever", str(tiny_model_dir), "max_steps=1", "batch_size=2", "list_size=4", "query_max_length=16",
            "passage_max_length=32", "--no-progress")
     assert (tmp_path / "t" / "retriever" / "modules.json").exists()
+
+
+def test_data_check_reads_the_msmarco_layout(tmp_path):
+    corpus, queries, qrels = generate_dataset(n_passages=20, n_queries=10)
+    data = write_msmarco(tmp_path / "msmarco", corpus, queries, {"train": qrels["train"], "dev": qrels["test"]})
+    stats = json.loads(tandem("data", "check", str(data), "--json").stdout)
+    assert stats["passages"] == 20 and set(stats["splits"]) == {"dev", "train"}
+    assert stats["splits"]["dev"]["file"] == "qrels.dev.tsv"
+    assert stats["splits"]["dev"]["judgments"] == sum(len(d) for d in qrels["test"].values())
+    assert "qrels.train.tsv:" in tandem("data", "check", str(data)).stdout
+    with open(data / "qrels.dev.tsv", "a") as f:
+        f.write("1\t0\t2\tvery\n")
+    bad = tandem("data", "check", str(data), check=False)
+    assert bad.returncode != 0 and "qrels.dev.tsv:" in bad.stderr and "relevance must be an integer" in bad.stderr
 
 
 def test_official_triples_and_top1000_files(tmp_path, tiny_model_dir):

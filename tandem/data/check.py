@@ -7,13 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from tandem.data.beir import load_beir, load_qrels, qrels_path, splits
+from tandem.data.dataset import load_dataset, qrels_path, splits
+from tandem.data.trec import load_qrels
 from tandem.data.types import count_missing
 
 
 def check_dataset(directory: str | Path) -> dict[str, Any]:
-    """Load every file of a BEIR dataset (raising on the first malformed line) and return statistics."""
-    ds = load_beir(directory, split=None)
+    """Load every file of a dataset, BEIR or MS MARCO layout (raising on the first malformed line), and return
+    statistics."""
+    ds = load_dataset(directory, split=None)
     lengths = np.array([len(t.split()) for t in ds.corpus], dtype=np.int64)
     qlen = np.array([len(t.split()) for t in ds.queries.values()], dtype=np.int64)
     stats: dict[str, Any] = {
@@ -26,9 +28,11 @@ def check_dataset(directory: str | Path) -> dict[str, Any]:
         "splits": {},
     }
     for split in splits(directory):
-        qrels = load_qrels(qrels_path(directory, split))
+        path = qrels_path(directory, split)
+        qrels = load_qrels(path)
         mq, mp = count_missing(qrels, ds.queries, ds.corpus)
         stats["splits"][split] = {
+            "file": path.relative_to(directory).as_posix(),
             "queries": len(qrels),
             "judgments": sum(len(d) for d in qrels.values()),
             "relevant": sum(1 for d in qrels.values() for r in d.values() if r > 0),

@@ -1,4 +1,4 @@
-"""Natural Questions in the DPR format, and DPR's answer-hit top-k accuracy.
+"""Natural Questions in the DPR format (its answer-hit top-k accuracy is in :mod:`tandem.eval.answers`).
 
 Files as distributed by facebookresearch/DPR:
 - ``psgs_w100.tsv``: ``id<TAB>text<TAB>title`` with a header line (21M Wikipedia passages);
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import ast
 import json
-import unicodedata
-from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator
 
 from tandem.data.types import Corpus
 from tandem.errors import DataFormatError
@@ -154,51 +152,13 @@ def iter_dpr_training(path: str | Path) -> Iterator[dict]:
                "negatives": negs}
 
 
-# ---- answer matching (DPR's has_answer with its SimpleTokenizer) ---------------------------------
-@lru_cache(maxsize=1)
-def _token_re():
-    import regex
-
-    return regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]", flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE)
+__all__ = ["iter_psgs_tsv", "load_psgs", "load_qas", "iter_json_array", "iter_dpr_training"]
 
 
-def answer_tokens(text: str) -> list[str]:
-    """DPR's normalised tokens: NFD, lower case, runs of letters/digits/marks or one other symbol."""
-    return [m.group().lower() for m in _token_re().finditer(unicodedata.normalize("NFD", text))]
+def __getattr__(name: str):
+    """DPR's answer metric lives in :mod:`tandem.eval.answers`; still importable from here."""
+    if name in ("answer_tokens", "has_answer", "answer_accuracy"):
+        from tandem.eval import answers
 
-
-def has_answer(text: str, answers: Sequence[str]) -> bool:
-    """Whether any answer occurs in ``text`` as a contiguous sequence of normalised tokens."""
-    tokens = answer_tokens(text)
-    for answer in answers:
-        a = answer_tokens(answer)
-        if not a:
-            continue
-        for i in range(len(tokens) - len(a) + 1):
-            if tokens[i : i + len(a)] == a:
-                return True
-    return False
-
-
-def answer_accuracy(run: Mapping[str, Mapping[str, float]], answers: Mapping[str, Sequence[str]], corpus: Corpus,
-                    ks: Sequence[int] = (5, 20, 100)) -> dict[str, float]:
-    """Top-k retrieval accuracy (``Acc@k``): share of questions with an answer in their top-k passages.
-
-    Questions without a run entry count as misses; the run's queries not in ``answers`` are ignored.
-    """
-    from tandem.data.trec import ranked
-
-    first_hit: list[int | None] = []
-    for qid, ans in answers.items():
-        depth = None
-        for r, (pid, _) in enumerate(ranked(dict(run.get(qid, {})), max(ks)), start=1):
-            if has_answer(corpus.body(corpus.index[pid]), ans):  # DPR matches the text, not the title
-                depth = r
-                break
-        first_hit.append(depth)
-    n = max(len(first_hit), 1)
-    return {f"Acc@{k}": sum(1 for d in first_hit if d is not None and d <= k) / n for k in ks}
-
-
-__all__ = ["iter_psgs_tsv", "load_psgs", "load_qas", "iter_json_array", "iter_dpr_training", "answer_tokens",
-           "has_answer", "answer_accuracy"]
+        return getattr(answers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from tandem.data.beir import load_qrels
+from tandem.data.trec import load_qrels
 from tandem.data.types import Corpus, Qrels
 from tandem.errors import DataFormatError
 from tandem.io import open_text

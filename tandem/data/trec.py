@@ -1,4 +1,4 @@
-"""TREC run files (``qid Q0 pid rank score tag``) and TREC qrels, read and written."""
+"""TREC run files (``qid Q0 pid rank score tag``) and qrels (TREC or BEIR TSV), read and written."""
 
 from __future__ import annotations
 
@@ -57,3 +57,47 @@ def write_qrels(path: str | Path, qrels: Qrels) -> None:
         for qid, docs in qrels.items():
             for pid, rel in docs.items():
                 f.write(f"{qid} 0 {pid} {rel}\n")
+
+
+def parse_relevance(value: str, path, lineno: int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            f = float(value)
+        except ValueError:
+            f = None
+        if f is not None and f.is_integer():
+            return int(f)
+        raise DataFormatError(path, f"relevance must be an integer, found {value!r}", lineno) from None
+
+
+def load_qrels(path: str | Path) -> Qrels:
+    """Read qrels: BEIR TSV (``query-id corpus-id score``, header optional) or TREC (``qid 0 pid rel``).
+
+    Columns are split on tabs, or on whitespace for TREC files; the first data line fixes the format.
+    """
+    qrels: Qrels = {}
+    ncols = None
+    n = 0
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("\t") if "\t" in line else line.split()
+            if lineno == 1 and cols and cols[0].strip().lower() in ("query-id", "query_id", "qid", "query"):
+                continue
+            if ncols is None:
+                if len(cols) not in (3, 4):
+                    raise DataFormatError(path, f"expected 3 columns (query-id, corpus-id, score) or 4 (TREC: "
+                                                f"qid, iter, docid, rel), found {len(cols)}", lineno)
+                ncols = len(cols)
+            elif len(cols) != ncols:
+                raise DataFormatError(path, f"expected {ncols} columns like the first line, found {len(cols)}", lineno)
+            qid, pid, rel = (cols[0], cols[1], cols[2]) if ncols == 3 else (cols[0], cols[2], cols[3])
+            qrels.setdefault(qid.strip(), {})[pid.strip()] = parse_relevance(rel.strip(), path, lineno)
+            n += 1
+    if n == 0:
+        raise DataFormatError(path, "file is empty: expected qrels rows")
+    return qrels

@@ -172,7 +172,7 @@ def _passages(corpus: Corpus | str | os.PathLike) -> Iterator[tuple[str, str]]:
     """``(pid, text)`` in corpus order, from a loaded corpus or streamed from its file."""
     if isinstance(corpus, Corpus):
         return ((corpus.ids[i], corpus[i]) for i in range(len(corpus)))
-    from tandem.data.beir import iter_any_corpus
+    from tandem.data.dataset import iter_any_corpus
 
     return ((pid, join_title(title, text)) for pid, title, text in iter_any_corpus(corpus))
 
@@ -320,12 +320,12 @@ def index_corpus(index, data: str | os.PathLike | None = None) -> tuple[Corpus |
     from itertools import chain
 
     from tandem.data import resolve_dataset
-    from tandem.data.beir import corpus_file as beir_corpus_file, iter_any_corpus
+    from tandem.data.dataset import corpus_file, iter_any_corpus
 
     info = index.info
     path: Path | None = None
     if data is not None:
-        path = beir_corpus_file(resolve_dataset(data))
+        path = corpus_file(resolve_dataset(data))
     elif info.get("corpus_file") and Path(info["corpus_file"]).exists():
         path = Path(info["corpus_file"])
     if path is None:

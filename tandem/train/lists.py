@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tandem.data.beir import iter_jsonl
+from tandem.io import iter_jsonl
 from tandem.data.types import Corpus, Qrels, Run
 from tandem.errors import DataFormatError, TandemError
 from tandem.io import atomic_open
