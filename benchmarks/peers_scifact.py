@@ -70,7 +70,9 @@ def main() -> None:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import (
-        BatchSamplers, SentenceTransformerTrainingArguments)
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
 
     from tandem.data import load_beir, write_run
     from tandem.eval.metrics import evaluate

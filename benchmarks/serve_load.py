@@ -110,7 +110,8 @@ def main() -> None:
         for c, r in per.items():
             mb, one = r["micro-batched"], r["batch size 1"]
             print(f"| {mode} | {c} | {mb['p50_ms']:.1f} | {mb['p95_ms']:.1f} | {mb['p99_ms']:.1f} | "
-                  f"{mb['queries_per_s']:.2f} | {one['queries_per_s']:.2f} | {mb['queries_per_s'] / one['queries_per_s']:.2f}x |")
+                  f"{mb['queries_per_s']:.2f} | {one['queries_per_s']:.2f} | "
+                  f"{mb['queries_per_s'] / one['queries_per_s']:.2f}x |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"index": args.index, "reranker": args.reranker, "results": results,
                                           "cpu_count": os.cpu_count()}, indent=2))

@@ -6,8 +6,9 @@ first stage for its re-ranker: the run's rerank stage), so differences are the s
 
 - the retriever the joint stage started from, scoring with passages cut at 128 and at 256 tokens;
 - the run's re-ranker (the joint one by default) as trained (its pair length), and with each passage cut to the
-  126 word pieces the retriever sees at 128 tokens (the text up to that piece's end), and both again with cross-segment attention removed
-  (a gated re-ranker's gates shut: the query and passage segments then never see each other).
+  126 word pieces the retriever sees at 128 tokens (the text up to that piece's end), and both again with
+  cross-segment attention removed (a gated re-ranker's gates shut: the query and passage segments then never see
+  each other).
 
     python benchmarks/teacher_lead.py runs/sf-s1 runs/sf-s2 [--reranker warmup] [--k 10]
 
@@ -62,8 +63,8 @@ def _scores_reranker(path: Path, pairs: list[tuple[str, str]], passage_tokens: i
 
 def measure(run: Path, which: str, k: int) -> dict:
     from tandem.data import load_beir, read_run
-    from tandem.eval.metrics import evaluate_per_query
     from tandem.data.trec import ranked
+    from tandem.eval.metrics import evaluate_per_query
 
     recipe = json.loads((run / "recipe.json").read_text())
     ds = load_beir(recipe["data_dir"], recipe.get("eval_split", "test"))

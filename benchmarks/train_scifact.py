@@ -46,7 +46,7 @@ def main() -> None:
     from tandem.index.dense import build_index, dense_search, load_index_and_encoder
     from tandem.models.encoder import Encoder
     from tandem.models.retriever import Retriever
-    from tandem.train import train, write_lists, lists_from_run
+    from tandem.train import lists_from_run, train, write_lists
 
     cache = Path(args.cache)
     train_ds = load_beir(args.data, "train")
@@ -67,7 +67,8 @@ def main() -> None:
     result = train(args.data, args.out, lists=lists_path, retriever=args.retriever, reranker=args.reranker,
                    overrides=settings, progress=True)
     train_s = time.perf_counter() - t0
-    out: dict = {"mode": args.mode, "lists": str(lists_path), "settings": settings, "train_seconds": train_s, "steps": result.steps,
+    out: dict = {"mode": args.mode, "lists": str(lists_path), "settings": settings, "train_seconds": train_s,
+                 "steps": result.steps,
                  "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
                  "final_losses": result.final_losses}
     if (Path(args.out) / "retriever").exists():

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from tandem.cli import main
 
 main()

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from tandem.errors import TandemError
+from tandem.errors import TandemError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tandem: train a dense retriever and a re-ranker together (RocketQAv2) and search with them.")
@@ -93,7 +93,8 @@ class EmbDtype(str, Enum):
 
 DataOpt = typer.Option(..., "--data", help="BEIR-layout dataset directory, or a dataset name resolved in "
                                            "$TANDEM_DATA, then the user cache, then downloaded.")
-ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars (TANDEM_NO_PROGRESS=1 hides them).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress",
+                           help="Show progress bars (TANDEM_NO_PROGRESS=1 hides them).")
 
 
 def _echo_err(msg: str) -> None:
@@ -111,7 +112,8 @@ def _load_split(data: str, split: str):
 def data_dpr_lists(train_json: Path = typer.Argument(..., help="DPR training file (nq-train.json), streamed."),
                    out: Path = typer.Option(..., "--out", help="Training lists to write (JSON lines)."),
                    corpus: Optional[Path] = typer.Option(None, "--corpus", help="psgs_w100.tsv: drop contexts whose "
-                                                                                "passage id it lacks (counted).")) -> None:
+                                                                                "passage id it lacks "
+                                                                                "(counted).")) -> None:
     """Convert DPR training examples (positive and hard-negative contexts) into tandem training lists."""
     from tandem.data.dataset import load_any_corpus
     from tandem.data.dpr import iter_dpr_training
@@ -143,7 +145,8 @@ def data_msmarco_lists(triples: Path = typer.Argument(..., help="MS MARCO qidpid
                        max_negatives: int = typer.Option(32, "--max-negatives", min=1,
                                                          help="Distinct negatives kept per query (file order)."),
                        corpus: Optional[Path] = typer.Option(None, "--corpus", help="collection.tsv: drop triples "
-                                                                                    "whose ids it lacks (counted).")) -> None:
+                                                                                    "whose ids it lacks "
+                                                                                    "(counted).")) -> None:
     """Convert MS MARCO's official id triples (BM25 hard negatives) into tandem training lists."""
     from tandem.data.dataset import load_any_corpus
     from tandem.data.msmarco import triples_to_lists
@@ -159,7 +162,8 @@ def data_msmarco_run(top1000: Path = typer.Argument(..., help="MS MARCO top1000.
                                                                "passage), streamed."),
                      out: Path = typer.Option(..., "--out", help="TREC run to write (rank = order in the file)."),
                      queries_out: Optional[Path] = typer.Option(None, "--queries-out",
-                                                                help="Also write the queries as qid<TAB>text.")) -> None:
+                                                                help="Also write the queries as "
+                                                                     "qid<TAB>text.")) -> None:
     """Convert MS MARCO's official top-1000 re-ranking candidates into a TREC run (for tandem rerank)."""
     from tandem.data.msmarco import top1000_to_trec
 
@@ -202,7 +206,7 @@ def bm25(data: str = DataOpt,
     """BM25 (bm25s, Lucene scoring, English stopwords) over the corpus; writes a TREC run."""
     from tandem.data import write_run
     from tandem.index.bm25 import BM25, BM25Settings
-    from tandem.io import write_json, manifest
+    from tandem.io import manifest, write_json
 
     t0 = time.perf_counter()
     directory, ds = _load_split(data, split)
@@ -241,7 +245,8 @@ def index(data: str = DataOpt,
                                                               "a server picks them up on reload)."),
           embeddings: EmbDtype = typer.Option(EmbDtype.float32, help="Also save embeddings.npy in this dtype."),
           shard_size: int = typer.Option(50_000, "--shard-size", min=1, help="Passages encoded per resumable shard "
-                                                                             "(a killed build continues from its shards)."),
+                                                                             "(a killed build continues from its "
+                                                                             "shards)."),
           backend: Backend = BackendOpt,
           progress: bool = ProgressOpt) -> None:
     """Encode the corpus and build a FAISS index or a Milvus collection (with ids and manifest.json); resumable
@@ -287,8 +292,9 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
            data: Optional[str] = typer.Option(None, "--data", help="Dataset whose split queries are searched."),
            split: str = typer.Option("test", help="Qrels split whose queries are searched."),
            query: Optional[str] = typer.Option(None, "--query", help="Search one free-text query and print results."),
-           queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search a query file: BEIR queries.jsonl "
-                                                                               "or a TSV of id<TAB>text."),
+           queries_file: Optional[Path] = typer.Option(None, "--queries",
+                                                       help="Search a query file: BEIR queries.jsonl or a TSV of "
+                                                            "id<TAB>text."),
            k: int = typer.Option(100, "--k", min=1, help="Passages per query."),
            out: Optional[Path] = typer.Option(None, "--out", help="TREC run file to write."),
            model: Optional[str] = typer.Option(None, help="Query encoder; must be the model the index was built with "
@@ -305,9 +311,9 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
     from tandem.index.fusion import HYBRID_DEPTH
 
     if query is None and data is None and queries_file is None:
-        raise TandemError("give --data DIR (searches the split's queries), --queries FILE or --query TEXT")
+        raise UsageError("give --data DIR (searches the split's queries), --queries FILE or --query TEXT")
     if query is not None and not query.strip():
-        raise TandemError("--query is empty")
+        raise UsageError("--query is empty")
     t0 = time.perf_counter()
     idx, encoder = load_index_and_encoder(index_dir, model)
     encoder.set_backend(backend.value)
@@ -338,7 +344,7 @@ def search(index_dir: Path = typer.Option(..., "--index", help="Index directory 
         _, ds = _load_split(data, split)
         queries = ds.split_queries()
     if out is None:
-        raise TandemError("--out RUN.trec is required with --data or --queries")
+        raise UsageError("--out RUN.trec is required with --data or --queries")
     t1 = time.perf_counter()
     run = dense_search(idx, encoder, queries, max(k, HYBRID_DEPTH) if hybrid else k, batch_size=batch_size,
                        progress=progress)
@@ -357,7 +363,7 @@ def _index_corpus(idx, data: Optional[str]):
 
     corpus, _ = index_corpus(idx, data)
     if corpus is None:
-        raise TandemError("--hybrid needs the passage texts for BM25: pass --data (the indexed dataset)")
+        raise UsageError("--hybrid needs the passage texts for BM25: pass --data (the indexed dataset)")
     return corpus
 
 
@@ -379,7 +385,8 @@ def rerank_cmd(run: Path = typer.Option(..., "--run", help="First-stage TREC run
                out: Path = typer.Option(..., "--out", help="TREC run file to write."),
                batch_size: int = typer.Option(32, "--batch-size", min=1),
                keep_tail: bool = typer.Option(True, "--keep-tail/--drop-tail",
-                                              help="Keep the first stage's passages below rank k after the re-ranked ones."),
+                                              help="Keep the first stage's passages below rank k after the re-ranked "
+                                                   "ones."),
                backend: Backend = typer.Option(Backend.torch, "--backend", help="Runtime of a plain cross-encoder: "
                                                                                 "torch, onnx or onnx-int8."),
                progress: bool = ProgressOpt) -> None:
@@ -412,13 +419,13 @@ def fuse(runs: List[Path] = typer.Argument(..., help="TREC run files to fuse (e.
     from tandem.index.fusion import fuse_runs
 
     if len(runs) < 2:
-        raise TandemError("fuse needs at least two runs")
+        raise UsageError("fuse needs at least two runs")
     w = None
     if weights is not None:
         try:
             w = [float(x) for x in weights.split(",")]
         except ValueError:
-            raise TandemError(f"--weights: expected comma-separated numbers, got {weights!r}") from None
+            raise UsageError(f"--weights: expected comma-separated numbers, got {weights!r}") from None
     fused = fuse_runs([read_run(r) for r in runs], k=k, weights=w, depth=depth, top=top)
     write_run(out, fused, tag="tandem-rrf")
     _echo_err(f"fuse: {len(runs)} runs, {len(fused)} queries -> {out}")
@@ -442,7 +449,7 @@ def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
     from tandem.eval.metrics import evaluate as _evaluate, format_table
 
     if qrels is None and answers is None:
-        raise TandemError("give --qrels, or --answers with --corpus")
+        raise UsageError("give --qrels, or --answers with --corpus")
     results: dict[str, dict[str, float]] = {str(r): {} for r in runs}
     names = list(measures) if qrels is not None else []
     loaded = {str(r): read_run(r) for r in runs}
@@ -456,7 +463,7 @@ def evaluate(runs: List[Path] = typer.Argument(..., help="TREC run files."),
         from tandem.eval.answers import answer_accuracy
 
         if corpus is None:
-            raise TandemError("--answers needs --corpus (the passages whose text is searched for the answers)")
+            raise UsageError("--answers needs --corpus (the passages whose text is searched for the answers)")
         _, ans = load_qas(answers)
         passages = load_any_corpus(corpus)
         for r, run in loaded.items():
@@ -480,7 +487,8 @@ def train(ctx: typer.Context,
           data: str = DataOpt,
           out: Path = typer.Option(..., "--out", help="Output directory: retriever/, reranker/, config.json, "
                                                       "metrics.jsonl, checkpoints/."),
-          lists: Optional[Path] = typer.Option(None, "--lists", help="Training lists (JSON lines, DESIGN.md section 4)."),
+          lists: Optional[Path] = typer.Option(None, "--lists",
+                                               help="Training lists (JSON lines: qid, positives, negatives; README)."),
           run: Optional[Path] = typer.Option(None, "--run", help="Or: a TREC run whose top-n (minus positives) "
                                                                  "become the negatives."),
           top_n: int = typer.Option(50, "--top-n", min=1, help="With --run: candidates per query."),
@@ -535,9 +543,11 @@ def mine(ctx: typer.Context,
          dense: bool = typer.Option(True, "--dense/--no-dense", help="Mine with the dense retriever."),
          top_n: int = typer.Option(50, "--top-n", min=1, help="Candidates per training query."),
          split: str = typer.Option("train", help="Qrels split of the training queries."),
-         reranker: Optional[str] = typer.Option(None, "--reranker", help="Trained re-ranker (id or dir) to denoise with."),
+         reranker: Optional[str] = typer.Option(None, "--reranker",
+                                                help="Trained re-ranker (id or dir) to denoise with."),
          warmup_reranker: bool = typer.Option(False, "--warmup-reranker",
-                                              help="Train a re-ranker on the undenoised lists first and denoise with it."),
+                                              help="Train a re-ranker on the undenoised lists first and denoise with "
+                                                   "it."),
          warmup_steps: int = typer.Option(60, "--warmup-steps", min=1, help="Steps of the re-ranker warm-up."),
          low: float = typer.Option(0.1, "--low", help="Probability below which a candidate is a denoised negative."),
          high: float = typer.Option(0.9, "--high", help="Probability above which a candidate becomes a pseudo-positive "
@@ -547,8 +557,10 @@ def mine(ctx: typer.Context,
                                                        "probabilities (e.g. 0.1)."),
          denoise_by: DenoiseBy = typer.Option(DenoiseBy.prob, "--denoise-by", help="prob thresholds, or rank cuts "
                                                                                     "(--low-rank/--high-rank)."),
-         low_rank: int = typer.Option(10, "--low-rank", help="rank mode: re-ranker ranks below this are denoised negatives."),
-         high_rank: int = typer.Option(0, "--high-rank", help="rank mode: the re-ranker's top-k become pseudo-positives."),
+         low_rank: int = typer.Option(10, "--low-rank",
+                                      help="rank mode: re-ranker ranks below this are denoised negatives."),
+         high_rank: int = typer.Option(0, "--high-rank",
+                                       help="rank mode: the re-ranker's top-k become pseudo-positives."),
          calibration: Calibration = typer.Option(Calibration.platt, "--calibration",
                                                  help="platt: fit sigmoid(a*logit+b) on held-out labelled pairs; "
                                                       "sigmoid: the raw logit's sigmoid."),
@@ -569,14 +581,17 @@ def mine(ctx: typer.Context,
     from tandem.mine import MineSettings, mine as _mine
 
     settings = MineSettings(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low,
-                            high=high, low_from_positives=low_from_positives, low_rank=low_rank, high_rank=high_rank, calibration=calibration.value,
+                            high=high, low_from_positives=low_from_positives, low_rank=low_rank, high_rank=high_rank,
+                            calibration=calibration.value,
                             denoise_top=denoise_top, max_pseudo=max_pseudo, denoise_queries=denoise_queries)
     result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
                    warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,
                    restart=restart, backend=backend.value)
     r = result.report
-    _echo_err(f"mine: {r['lists']} lists -> {out} ({r['total_seconds']:.0f}s); mean {r['candidates_per_query']['mean']:.1f} "
-              f"candidates per query, a labelled positive retrieved for {100 * r['positives_retrieved_share']:.1f}% of queries")
+    _echo_err(f"mine: {r['lists']} lists -> {out} ({r['total_seconds']:.0f}s); mean "
+              f"{r['candidates_per_query']['mean']:.1f} "
+              f"candidates per query, a labelled positive retrieved for {100 * r['positives_retrieved_share']:.1f}% of "
+              "queries")
     d = r.get("denoising")
     if d:
         _echo_err(f"  denoised: {d['denoised_negatives']} clean negatives, {d['flagged_as_likely_false_negatives']} "
@@ -594,17 +609,21 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
           host: str = typer.Option("127.0.0.1", help="Interface to bind (127.0.0.1: this machine only)."),
           port: int = typer.Option(8000, help="TCP port."),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TANDEM_API_KEY",
-                                                help="Require this X-API-Key header on /search, /info, /reload, /passages."),
-          allow_reload: bool = typer.Option(False, "--allow-reload", help="Enable POST /reload (SIGHUP always reloads)."),
+                                                help="Require this X-API-Key header on /search, /info, /reload, "
+                                                     "/passages."),
+          allow_reload: bool = typer.Option(False, "--allow-reload",
+                                            help="Enable POST /reload (SIGHUP always reloads)."),
           allow_append: bool = typer.Option(False, "--allow-append", help="Enable POST /passages: add passages to a "
                                                                           "Milvus-store index without a rebuild."),
           max_batch: int = typer.Option(32, "--max-batch", min=1, help="Queries per model batch."),
-          max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
+          max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0,
+                                            help="How long a batch waits for more requests."),
           max_queries: int = typer.Option(32, "--max-queries", min=1, help="Queries per request at most."),
           max_k: int = typer.Option(100, "--max-k", min=1),
           max_candidates: int = typer.Option(1000, "--max-candidates", min=1),
           allow_untrained_reranker: bool = typer.Option(False, "--allow-untrained-reranker",
-                                                        help="Serve a re-ranker with a new head (its scores are noise)."),
+                                                        help="Serve a re-ranker with a new head (its scores are "
+                                                             "noise)."),
           hybrid: bool = typer.Option(False, "--hybrid", help="First stage = BM25 and the dense index fused by "
                                                              "reciprocal rank fusion (BM25 is built at start)."),
           backend: Backend = BackendOpt) -> None:
@@ -663,7 +682,8 @@ def _recipe(config: Path, out: Path, overrides: list[str], dry_run: bool, progre
         typer.echo(f"training for {sz['training_lists']} training lists: "
                    + ", ".join(f"{k} {v} ({sz['epochs'][k]} epochs)" for k, v in sz["steps"].items())
                    + (f"; budget {sz['budget_seconds']:.0f} s: steps x {sz['factor']}" if sz["budget_seconds"] else "")
-                   + (f"; evaluation shrunk to fit: {', '.join(sz['evaluation_shrunk'])}" if sz["evaluation_shrunk"] else "")
+                   + ("; evaluation shrunk to fit: "
+                      f"{', '.join(sz['evaluation_shrunk'])}" if sz["evaluation_shrunk"] else "")
                    + (" (still over budget at min_steps)" if sz["over_budget"] else "")
                    + f"; {sz['denoised_queries']} queries denoised")
         where = ("this CPU's measured rates" if result["measured_here"] else f"the given rates {result['rates']}")

@@ -12,6 +12,25 @@ class TandemError(Exception):
     """Base class of every error tandem raises on purpose."""
 
 
+class UsageError(TandemError, ValueError):
+    """An argument, or a combination of them, is wrong: an option missing, an input empty, a value out of range."""
+
+
+class UnknownIdError(TandemError, KeyError):
+    """A query or passage id is not where it was looked up."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(TandemError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""
+
+
+class ServiceUnavailableError(TandemError, ConnectionError):
+    """A server tandem talks to (a Milvus cluster) cannot be reached."""
+
+
 class DataFormatError(TandemError, ValueError):
     """A data file is malformed. The message names the file and, where it applies, the line."""
 

@@ -38,7 +38,8 @@ def open_text(path: str | os.PathLike, mode: str = "rt") -> IO[str]:
             raise DataFormatError(path, "is a directory, expected a file")
     try:
         if writing:
-            return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+            return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode,
+                                                                                             encoding="utf-8")
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     except OSError as e:
         raise DataFormatError(path, f"cannot open: {e.strerror or e}") from None

@@ -1,4 +1,5 @@
-"""``tandem mine``: hybrid data augmentation (DESIGN.md section 3).
+"""``tandem mine``: RocketQAv2's hybrid data augmentation (lists that mix undenoised hard negatives with
+denoised ones, plus pseudo-positives).
 
 Mine candidates for every training query, denoise them with a re-ranker, write list pools:
 
@@ -36,7 +37,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from tandem.data.types import Dataset
-from tandem.errors import ConfigError, TandemError
+from tandem.errors import ConfigError, IncompatibleArtifactError, UsageError
 from tandem.io import atomic_open, manifest, read_json, write_json
 from tandem.settings import setting as _f
 from tandem.utils import progress_bar
@@ -84,7 +85,8 @@ class MineSettings:
             (self.top_n >= 1, "top_n must be >= 1"),
             (self.denoise_by in ("prob", "rank"), "denoise_by must be prob or rank"),
             (self.calibration in ("platt", "sigmoid"), "calibration must be platt or sigmoid"),
-            (0.0 <= self.low <= self.high <= 1.0 or self.high > 1.0, "need 0 <= low <= high (high > 1: no pseudo-positives)"),
+            (0.0 <= self.low <= self.high <= 1.0 or self.high > 1.0,
+             "need 0 <= low <= high (high > 1: no pseudo-positives)"),
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
             (0.0 <= self.low_from_positives < 1.0, "low_from_positives must be in [0, 1)"),
             (self.denoise_queries >= 0, "denoise_queries must be >= 0"),
@@ -274,7 +276,8 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             out = []
             for r in batch:
                 n = len(r["pids"])
-                out.append({"qid": r["qid"], "pids": r["pids"], "logits": [round(float(x), 5) for x in logits[i : i + n]]})
+                out.append({"qid": r["qid"], "pids": r["pids"], "logits": [round(float(x),
+                                                                                 5) for x in logits[i : i + n]]})
                 i += n
             _append(f, out)
             bar.update(len(batch))
@@ -325,7 +328,7 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple
     x = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if len(np.unique(y)) < 2:
-        raise TandemError("calibration needs labelled positives and negatives among the held-out pairs")
+        raise UsageError("calibration needs labelled positives and negatives among the held-out pairs")
     # Platt's targets soften 0/1 so that separable data keeps a finite slope
     n_pos, n_neg = y.sum(), len(y) - y.sum()
     t = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
@@ -448,7 +451,8 @@ def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Ma
         pseudo = [e for e in scored if ce_rank[e["pid"]] <= settings.high_rank]
     pseudo = sorted(pseudo, key=lambda e: -probs[e["pid"]])[: settings.max_pseudo]
     positives = [{"pid": p} for p in labelled]
-    positives += [{"pid": e["pid"], "pseudo": True, "score": round(probs[e["pid"]], 5), "rank": e["rank"]} for e in pseudo]
+    positives += [{"pid": e["pid"], "pseudo": True, "score": round(probs[e["pid"]], 5),
+                   "rank": e["rank"]} for e in pseudo]
     denoised = [{**e, "source": "denoised"} for e in clean if e["pid"] not in near]
     return positives, [e for e in undenoised if e["pid"] not in near], denoised
 
@@ -467,8 +471,9 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     Args:
         retriever: dense retriever (id or dir; None: the default model) unless ``index`` is given.
         index: a built tandem index to retrieve from (its model encodes the queries).
-        reranker: a trained re-ranker to denoise with (id, dir, or a loaded model with ``predict``); or ``warmup_reranker`` to train one first on
-            the undenoised lists (``warmup_steps`` of ``--mode reranker``, ``warmup_overrides``).
+        reranker: a trained re-ranker to denoise with (id, dir, or a loaded model with ``predict``); or
+            ``warmup_reranker`` to train one first on the undenoised lists (``warmup_steps`` of ``--mode reranker``,
+            ``warmup_overrides``).
             With neither, the lists hold the undenoised pool only.
         restart: discard the work files of an earlier run instead of resuming.
         backend: the dense retriever's inference runtime (torch, onnx, onnx-int8).
@@ -493,7 +498,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     qids = [q for q in ds.qrels if q in ds.queries and positives.get(q)]
     skipped = len(ds.qrels) - len(qids)
     if not qids:
-        raise TandemError(f"{directory}: no {settings.split} query has a positive in the corpus; nothing to mine")
+        raise UsageError(f"{directory}: no {settings.split} query has a positive in the corpus; nothing to mine")
     if skipped:
         log.warning("mine: %d of %d %s queries have no text or no positive in the corpus and are left out",
                     skipped, len(ds.qrels), settings.split)
@@ -506,7 +511,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     write_json(work / "manifest.json", state)
     t0 = time.perf_counter()
     cand_path = work / "candidates.jsonl"
-    retrieve(ds, qids, cand_path, settings, _Searchers(ds, settings, work, retriever, index, progress, backend), progress,
+    retrieve(ds, qids, cand_path, settings, _Searchers(ds, settings, work, retriever, index, progress, backend),
+             progress,
              (_stop or {}).get("retrieve"))
     seconds["retrieve"] = time.perf_counter() - t0
 
@@ -545,7 +551,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
         if len(done_qids(score_path)) < len(only or qids):
             denoiser = reranker if loaded else Reranker.from_pretrained(reranker)
             if not getattr(getattr(denoiser, "settings", None), "trained", True):
-                raise TandemError(f"re-ranker {ident!r} has an untrained head: it cannot denoise. Pass a trained "
+                raise IncompatibleArtifactError(f"re-ranker {ident!r} has an untrained head: it cannot denoise. Pass a "
+                                                "trained "
                                   "re-ranker, or --warmup-reranker to train one first")
             score_candidates(ds, cand_path, score_path, denoiser, settings, positives, len(only or qids), progress,
                              (_stop or {}).get("score"), held, only)
@@ -649,7 +656,8 @@ def _write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | Non
             if scores is not None:
                 srec = next(scores)
                 if srec["qid"] != qid:
-                    raise TandemError(f"{score_path}: out of step with {cand_path} at query {qid!r}; rerun with --restart")
+                    raise IncompatibleArtifactError(f"{score_path}: out of step with {cand_path} at query {qid!r}; "
+                                                    "rerun with --restart")
                 p = _sigmoid(a * np.asarray(srec["logits"], dtype=np.float64) + b)
                 probs = dict(zip(srec["pids"], map(float, p))) if usable else {}
                 if held is None or qid in held:
@@ -765,7 +773,8 @@ def render_report(r: dict[str, Any]) -> str:
               f"| flagged as likely false negatives (not denoised) | {d['flagged_as_likely_false_negatives']} | "
               f"{100 * d['flagged_share']:.1f}% |",
               f"| denoised negatives | {d['denoised_negatives']} | {100 * d['denoised_share']:.1f}% |",
-              f"| pseudo-positives added | {d['pseudo_positives']} (in {d['queries_with_pseudo_positive']} queries) | |",
+              f"| pseudo-positives added | {d['pseudo_positives']} (in {d['queries_with_pseudo_positive']} queries) | "
+              "|",
               "",
               f"Labelled positives as the denoiser sees them (the calibration queries', which a warm-up did not "
               f"train on): mean probability "
@@ -774,7 +783,8 @@ def render_report(r: dict[str, Any]) -> str:
               "(a labelled positive is never made a negative, whatever its score).", ""]
     for kind, title in (("flagged", "Flagged as likely false negatives (kept out of the denoised pool)"),
                         ("pseudo_positives", "Pseudo-positives"), ("denoised_negatives", "Denoised negatives")):
-        lines += [f"### {title}: a random sample", "", "| query | passage | p | first-stage rank |", "|---|---|---|---|"]
+        lines += [f"### {title}: a random sample", "", "| query | passage | p | first-stage rank |",
+                  "|---|---|---|---|"]
         for e in d["samples"][kind]:
             lines.append(f"| {_cell(e['query'], 120)} | {_cell(e['pid'] + ': ' + e['passage'], 240)} | "
                          f"{e['probability']:.3f} | {e['first_stage_rank']} |")

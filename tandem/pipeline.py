@@ -24,7 +24,7 @@ import numpy as np
 
 from tandem.data.trec import ranked
 from tandem.data.types import Corpus
-from tandem.errors import TandemError
+from tandem.errors import IncompatibleArtifactError, UsageError
 from tandem.index.fusion import HYBRID_DEPTH, rrf_scores
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Pipeline:
 
         corpus, corpus_file = index_corpus(index, data)
         if corpus is None and (reranker is not None or hybrid):
-            raise TandemError(f"{index_dir}: {'re-ranking' if reranker is not None else 'hybrid search'} needs the "
+            raise UsageError(f"{index_dir}: {'re-ranking' if reranker is not None else 'hybrid search'} needs the "
                               "passage texts; pass the dataset (--data)")
         bm25 = None
         if hybrid:
@@ -110,7 +110,8 @@ class Pipeline:
             ce = Reranker.from_pretrained(reranker)
             if not ce.settings.trained:
                 if not allow_untrained_reranker:
-                    raise TandemError(f"re-ranker {reranker!r} has an untrained head: its scores are noise. Train it "
+                    raise IncompatibleArtifactError(f"re-ranker {reranker!r} has an untrained head: its scores are "
+                                                    "noise. Train it "
                                       "(tandem train --mode reranker) or pass a trained one")
                 log.warning("re-ranker %s has an untrained head: its scores are noise", reranker)
             ce.eval()
@@ -136,9 +137,9 @@ class Pipeline:
             return []
         for r in requests:
             if not r.query.strip():
-                raise TandemError("empty query")
+                raise UsageError("empty query")
             if r.k < 1 or r.candidates < 1:
-                raise TandemError("k and candidates must be >= 1")
+                raise UsageError("k and candidates must be >= 1")
         depth = max(max(r.k, r.candidates) for r in requests)
         if self.bm25 is not None:  # fuse deeper rankings than asked for: RRF needs each stage's ranks
             depth = max(depth, HYBRID_DEPTH)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from tandem.errors import ConfigError, TandemError
+from tandem.errors import ConfigError, UsageError
 from tandem.io import atomic_open, manifest, read_json, write_json
 from tandem.settings import setting as _f
 
@@ -179,7 +179,7 @@ def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | list
 def shipped_config(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
-        raise TandemError(f"no shipped config {name!r}; available: {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
+        raise UsageError(f"no shipped config {name!r}; available: {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
     return path
 
 
@@ -375,13 +375,14 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
             + validations("retriever-warmup", cfg.retriever_warmup_steps, "r")
         est["retriever-warmup-index"] = n_passages / enc + 10  # validated before anything grows from it
     if cfg.retriever_only == "steps":
-        est["retriever-only"] = cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq + n_passages / enc \
-            + validations("retriever-only", cfg.retriever_only_steps, "r")
+        est["retriever-only"] = (cfg.retriever_only_steps * cfg.batch_size * (cfg.list_size + 1) / seq
+                                  + n_passages / enc + validations("retriever-only", cfg.retriever_only_steps, "r"))
     elif cfg.retriever_only == "equal-steps":  # the joint stage's retriever half, then an index
         est["retriever-alone"] = retriever_alone(cfg.joint_steps, jb, jl, "joint") \
             + validations("joint", cfg.joint_steps, "r")
         est["retriever-alone-index"] = n_passages / enc + 10
-    return {k: est[k] for k in sorted(est, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))}
+    return {k: est[k] for k in sorted(est,
+                                      key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))}
 
 
 STAGE_ORDER = ["bm25", "zs-index", "zero-shot", "hybrid-zero-shot", "lists", "retriever-warmup",
@@ -627,7 +628,8 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
         gpu = torch.cuda.is_available() or bool(cfg.rates)
         memory = memory_plan(cfg, sizes[0], model_shape(None if cfg.model == "default" else cfg.model), gpu)
         return {"plan_seconds": estimate, "plan_memory_bytes": memory, "total_seconds": sum(estimate.values()),
-                "devices": cfg.devices, "rates": {**default_rates(), **(cfg.rates or {})}, "measured_here": not cfg.rates,
+                "devices": cfg.devices, "rates": {**default_rates(), **(cfg.rates or {})},
+                "measured_here": not cfg.rates,
                 "sizing": sizing, "eval_split": cfg.eval_split,
                 "validation": val.why if val else "not known without the data"}
     if sizing["over_budget"]:
@@ -1115,7 +1117,8 @@ def _retriever_only_sentence(cfg: dict[str, Any]) -> str:
     source = RecipeConfig(**{k: v for k, v in cfg.items() if k in known}).retriever_only
     joint, warm = cfg.get("joint_steps"), cfg.get("retriever_warmup_steps")
     return {
-        "steps": f" `retriever-only`: the retriever trained alone on the joint lists ({cfg.get('retriever_only_steps')} "
+        "steps": " `retriever-only`: the retriever trained alone on the joint lists "
+                 f"({cfg.get('retriever_only_steps')} "
                  "steps).",
         "equal-steps": f" `retriever-only`: the retriever warm-up ({warm} steps) continued alone for the joint "
                        f"stage's {joint} steps on the joint's lists and settings (its own listwise CE in place of CE + "
@@ -1184,7 +1187,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               + (" `hybrid`: BM25 and the adopted retriever fused by reciprocal rank fusion (k = 60);"
                  " `hybrid-zero-shot`: BM25 and the zero-shot retriever, the training-free baseline."
                  if cfg.get("hybrid") else "")
-              + (f" Hybrid lists: the warmed-up re-ranker scored each training query's first {cfg['denoise_top'] or cfg['top_n']} "
+              + (" Hybrid lists: the warmed-up re-ranker scored each training query's first "
+                 f"{cfg['denoise_top'] or cfg['top_n']} "
                  + (f"candidates; below the {100 * cfg['low_from_positives']:.0f}% quantile of the held-out "
                     "positives' probabilities (the value is in the mining report)" if cfg.get("low_from_positives")
                     else f"candidates; below p = {cfg['low']}")

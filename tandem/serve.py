@@ -17,13 +17,12 @@ a single worker takes the first waiting request, everything queued behind it up 
 load), waits at most ``max_wait_ms`` for more; then it runs them together.
 """
 
-
 import asyncio
 import logging
-from contextlib import asynccontextmanager
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional

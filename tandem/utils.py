@@ -59,7 +59,8 @@ def resolve_backend(backend: str, onnx_ok: bool = True, gpu: bool | None = None)
     if not onnx_ok:
         return "torch", "this model runs in PyTorch only"
     if importlib.util.find_spec("onnxruntime") is None:
-        return "torch", "no native bf16 and no onnxruntime installed (pip install 'tandem[onnx]' for int8): PyTorch fp32"
+        return "torch", ("no native bf16 and no onnxruntime installed (pip install 'tandem-ir[onnx]' for int8): "
+                         "PyTorch fp32")
     return "onnx-int8", "a CPU without native bf16: int8 ONNX Runtime (2.1x PyTorch fp32, -0.003 nDCG@10 measured)"
 
 

@@ -6,6 +6,13 @@ import copy
 import json
 import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -121,3 +128,86 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+# ---- running tandem as a user does: a subprocess, the CLI in process, a real server ------------------------
+
+def tandem(*args, check=True, env=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "tandem", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "TANDEM_NO_PROGRESS": "1", **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tandem {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    from tandem.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+KEY = "s3cret"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url: str, body=None, key: str | None = KEY, method: str | None = None, raw: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("X-API-Key", key)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+class Server:
+    def __init__(self, *args: str, env: dict | None = None):
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"tandem-serve-{self.port}.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tandem", "serve", *args, "--port", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TANDEM_NO_PROGRESS": "1", **(env or {})})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.output()}")
+            try:
+                if call(self.url + "/health", key=None)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server did not start: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        return self.proc.returncode

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import SCIFACT
-
-
-def tandem(*args, check=True, env=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "tandem", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "TANDEM_NO_PROGRESS": "1", **(env or {})}, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tandem {args} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+from tests.conftest import SCIFACT, tandem
 
 
 def test_help_lists_commands():
@@ -35,7 +26,8 @@ def test_pipeline_on_tiny_data(tiny_dataset, tiny_model_dir, tmp_path):
            "--normalize")
     tandem("search", "--index", tmp_path / "idx", "--data", tiny_dataset, "--k", 20, "--out", tmp_path / "dense.trec")
     (tmp_path / "q.tsv").write_text("x1\tprotein cell gene\r\nx2\theart blood\r\n")
-    tandem("search", "--index", tmp_path / "idx", "--queries", tmp_path / "q.tsv", "--k", 3, "--out", tmp_path / "q.trec")
+    tandem("search", "--index", tmp_path / "idx", "--queries", tmp_path / "q.tsv", "--k", 3, "--out",
+           tmp_path / "q.trec")
     assert {line.split()[0] for line in (tmp_path / "q.trec").read_text().splitlines()} == {"x1", "x2"}
     qrels = tiny_dataset / "qrels" / "test.tsv"
     one = json.loads(tandem("evaluate", tmp_path / "bm25.trec", "--qrels", qrels, "--json").stdout)
@@ -120,3 +112,26 @@ def test_python_api_is_one_import_away():
     proc = subprocess.run([sys.executable, "-c", "import sys, tandem.cli; print('torch' in sys.modules)"],
                           capture_output=True, text=True)
     assert proc.stdout.strip() == "False"  # the CLI imports heavy modules only inside commands
+
+
+def test_library_errors_are_builtin_exceptions_too():
+    """errors.py promises that ``except ValueError`` (or KeyError, ImportError...) keeps working: every error tandem
+    raises on purpose is a subclass that also derives from a builtin, never the bare base class."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    import tandem.errors as errors
+
+    root = Path(errors.__file__).parent
+    bare = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and \
+                    getattr(node.exc.func, "id", None) == "TandemError":
+                bare.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert not bare, f"raise a TandemError subclass instead: {bare}"
+    for name, cls in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(cls, errors.TandemError) and cls is not errors.TandemError:
+            assert any(b.__module__ == "builtins" and b is not object for b in cls.__mro__), name
+    assert str(errors.UnknownIdError("passage 'x' is not in the corpus")) == "passage 'x' is not in the corpus"

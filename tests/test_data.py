@@ -8,9 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from tandem.data import (Corpus, load_beir, load_collection, load_corpus, load_qrels, load_queries,
-                         load_queries_tsv, read_run, resolve_dataset, write_qrels, write_run)
-from tandem.data import registry
+from tandem.data import (
+    Corpus,
+    load_beir,
+    load_collection,
+    load_corpus,
+    load_qrels,
+    load_queries,
+    load_queries_tsv,
+    read_run,
+    registry,
+    resolve_dataset,
+    write_qrels,
+    write_run,
+)
 from tandem.errors import DataFormatError, DatasetNotFoundError, TandemError
 from tests.conftest import generate_dataset, write_beir
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from tandem.data.dpr import iter_dpr_training, iter_json_array, load_psgs, load_qas
-from tandem.eval.answers import answer_accuracy, answer_tokens, has_answer
 from tandem.data.types import Corpus
 from tandem.errors import DataFormatError
-from tests.test_cli import tandem
+from tandem.eval.answers import answer_accuracy, answer_tokens, has_answer
+from tests.conftest import tandem
 
 
 @pytest.mark.parametrize("text, answers, hit", [
@@ -65,9 +65,11 @@ def test_streamed_json_array_equals_json_load(tmp_path):
 
 def test_psgs_and_qas(tmp_path):
     psgs = tmp_path / "psgs_w100.tsv"
-    psgs.write_text('id\ttext\ttitle\n1\t"He said ""hi"" to Paris"\tParis\n2\tAlbert Einstein was born in 1879\tEinstein\n')
+    psgs.write_text('id\ttext\ttitle\n1\t"He said ""hi"" to Paris"\tParis\n2\tAlbert Einstein was born in '
+                    '1879\tEinstein\n')
     corpus = load_psgs(psgs)
-    assert corpus.text("1") == 'Paris He said "hi" to Paris' and corpus.body(corpus.index["1"]) == 'He said "hi" to Paris'
+    assert corpus.text("1") == 'Paris He said "hi" to Paris'
+    assert corpus.body(corpus.index["1"]) == 'He said "hi" to Paris'
     (tmp_path / "bad.tsv").write_text("id\ttext\ttitle\n1\tonly two\n")
     with pytest.raises(DataFormatError, match=r"bad.tsv:2: expected 3"):
         load_psgs(tmp_path / "bad.tsv")
@@ -105,8 +107,8 @@ def test_dpr_lists_train_and_answer_accuracy_end_to_end(tmp_path, tiny_model_dir
     assert first["query"] == train[0]["question"] and first["negatives"][0]["source"] == "bm25"
     # a dataset directory in DPR's layout is not needed: lists carry their questions; the corpus is psgs_w100
     qa = tmp_path / "nq-test.qa.csv"
-    qa.write_text("".join(f"{' '.join(words[(i * 3 + j) % len(words)] for j in (2, 5))}\t['{words[(i * 3 + 8) % len(words)]}']\n"
-                          for i in range(1, 11)))
+    question = lambda i: " ".join(words[(i * 3 + j) % len(words)] for j in (2, 5))  # noqa: E731
+    qa.write_text("".join(f"{question(i)}\t['{words[(i * 3 + 8) % len(words)]}']\n" for i in range(1, 11)))
     tandem("index", "--data", str(tmp_path / "nqdir"), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir),
            "--max-length", "32", "--no-progress", check=False)  # no dataset dir: refused cleanly
     (tmp_path / "nqdir").mkdir()

@@ -13,11 +13,10 @@ import json
 import os
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import generate_dataset, write_beir
+from tests.conftest import generate_dataset, run_cli, write_beir
 
 DAMAGES = ("truncated", "bitflip", "utf16", "latin1", "empty", "bom", "gzip-cut")
 
@@ -45,18 +44,6 @@ def damage(data: bytes, kind: str, rng: random.Random) -> bytes:
         packed = gzip.compress(data)
         return packed[: len(packed) // 2]
     raise ValueError(kind)
-
-
-def run_cli(args, capsys) -> tuple[int, str]:
-    from tandem.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.fixture
@@ -101,7 +88,8 @@ def world(tmp_path, tiny_model_dir, capsys):
     shutil.copytree(tiny_model_dir, model)
     from tandem.models.gated import GatedReranker
 
-    GatedReranker.from_body(str(tiny_model_dir), corpus=["protein cell", "gene"], max_length=48).save(tmp_path / "gated")
+    GatedReranker.from_body(str(tiny_model_dir), corpus=["protein cell", "gene"],
+                            max_length=48).save(tmp_path / "gated")
     encode = ["index", "--data", data, "--out", tmp_path / "idx2", "--model", model, "--max-length", 32]
     rerank = ["rerank", "--run", run, "--data", data, "--reranker", tmp_path / "gated", "--k", 3, "--out", out]
     kinds = {

@@ -66,7 +66,7 @@ def test_save_and_load_through_reranker(tiny_model_dir, tmp_path):
 
 def test_trains_in_reranker_mode(tiny_dataset, tiny_model_dir, tmp_path):
 
-    from tests.test_cli import tandem
+    from tests.conftest import tandem
 
     tandem("bm25", "--data", tiny_dataset, "--split", "train", "--out", tmp_path / "bm25.trec", "--k", 20)
     proc = tandem("train", "--data", tiny_dataset, "--run", tmp_path / "bm25.trec", "--top-n", 10, "--mode",

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from tandem.data import load_beir
 from tandem.errors import IncompatibleArtifactError, TandemError
 from tandem.index import DenseIndex, build_index, dense_search, load_embeddings, load_index_and_encoder
-from tandem.data import load_beir
 from tandem.io import atomic_dir
 
 

@@ -5,8 +5,8 @@ pipeline and the service), an append killed half-way."""
 from __future__ import annotations
 
 import json
-import signal
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -127,7 +127,7 @@ def test_milvus_store_refuses_another_model_and_damage(tiny_dataset, corpus_file
 
 
 def test_append_through_the_cli_then_search_finds_them(tiny_dataset, tiny_model_dir, tmp_path, capsys):
-    from tests.test_fuzz import run_cli
+    from tests.conftest import run_cli
 
     idx = tmp_path / "idx"
     code, out = run_cli(["index", "--data", tiny_dataset, "--out", idx, "--model", tiny_model_dir, "--normalize",
@@ -187,7 +187,7 @@ def test_an_append_killed_before_its_manifest_leaves_the_index_as_it_was(tiny_da
 
 
 def test_service_adds_passages_live_behind_the_api_key(tmp_path, tiny_model_dir):
-    from tests.test_serve import KEY, Server, call
+    from tests.conftest import KEY, Server, call
 
     data = write_beir(tmp_path / "data", *generate_dataset(n_passages=40, n_queries=10))
     from tandem.models.encoder import Encoder

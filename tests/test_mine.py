@@ -10,8 +10,7 @@ import pytest
 from tandem.data import load_beir
 from tandem.mine import MineSettings, build_pools, done_qids, fit_platt, merge_rrf, mine
 from tandem.train.lists import ListSampler, TrainingList, read_lists
-from tests.conftest import generate_dataset, write_beir
-from tests.test_cli import tandem
+from tests.conftest import generate_dataset, tandem, write_beir
 
 
 class OverlapScorer:
@@ -182,7 +181,8 @@ def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path)
                "retriever", "--retriever", str(tiny_model_dir), "max_steps=1", "list_size=4", "batch_size=2",
                "query_max_length=16", "passage_max_length=32", "--no-progress")
     assert r.returncode == 0, r.stderr
-    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--reranker", "x", "--warmup-reranker", check=False)
+    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--reranker", "x", "--warmup-reranker",
+               check=False)
     assert r.returncode == 2 and "not both" in r.stderr
 
 
@@ -265,7 +265,8 @@ def test_backwards_denoiser_is_not_used(planted, tmp_path):
     # the same data with the scorer the right way round is denoised
     good = mine(data, tmp_path / "ok.jsonl", reranker=OverlapScorer(), progress=False,
                 settings=_settings(calibration="platt", low_from_positives=0.1))
-    assert good.report["denoising"]["calibration"].get("usable", True) and good.report["denoising"]["denoised_negatives"]
+    assert good.report["denoising"]["calibration"].get("usable",
+                                                       True) and good.report["denoising"]["denoised_negatives"]
 
 
 def test_calibration_max_queries_caps_the_calibration_set(planted, tmp_path):

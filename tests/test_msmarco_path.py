@@ -6,8 +6,7 @@ import json
 
 from tandem.data import load_beir
 from tandem.data.dataset import is_msmarco_layout, splits
-from tests.conftest import generate_dataset
-from tests.test_cli import tandem
+from tests.conftest import generate_dataset, tandem
 
 
 def write_msmarco(path, corpus, queries, qrels):
@@ -82,7 +81,8 @@ def test_official_triples_and_top1000_files(tmp_path, tiny_model_dir):
                         "negatives": [{"pid": p, "rank": r, "source": "msmarco-bm25"}
                                       for r, p in enumerate(["11", "12", "13"], start=1)]}
     # 21 is query 2's positive in one triple and a negative in none; 22 stays a negative
-    assert lists[1]["positives"] == [{"pid": "20"}, {"pid": "21"}] and [e["pid"] for e in lists[1]["negatives"]] == ["22"]
+    assert lists[1]["positives"] == [{"pid": "20"},
+                                     {"pid": "21"}] and [e["pid"] for e in lists[1]["negatives"]] == ["22"]
     # the lists train as they are (ids are the collection's)
     (data / "queries.train.tsv").write_text("1\tq one\n2\tq two\n")
     tandem("train", "--data", str(data), "--lists", str(tmp_path / "lists.jsonl"), "--out", str(tmp_path / "t"),

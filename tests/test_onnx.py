@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from tandem.models.encoder import Encoder  # noqa: E402
-from tests.test_cli import tandem  # noqa: E402
+from tests.conftest import tandem  # noqa: E402
 
 TEXTS = ["glucose sleep effect", "insulin mouse brain cell kidney obesity risk study", "a", "heart " * 40]
 

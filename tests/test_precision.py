@@ -9,7 +9,7 @@ import torch
 from tandem.models.gated import GatedReranker
 from tandem.models.reranker import Reranker
 from tandem.utils import autocast, resolve_precision
-from tests.test_cli import tandem
+from tests.conftest import tandem
 from tests.test_train import _cfg, _models, setup  # noqa: F401  (fixture)
 
 TEXTS = ["protein cell gene", "cancer virus immune drug brain heart blood therapy risk",

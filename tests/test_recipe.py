@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tandem.recipe import load_recipe, run_recipe, shipped_config
-from tests.test_cli import tandem
+from tests.conftest import tandem
 
 
 def _cfg(model_dir, data, **kw):
@@ -189,7 +189,8 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     assert report["systems"]["retriever-only"]["run"] == str(out / "retriever-alone-index" / "run.trec")
     assert "step for step" in (out / "report.md").read_text() and "retriever-alone" in report["curves"]
     plan = run_recipe(equal, out, dry_run=True)["plan_seconds"]
-    assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0 and "retriever-warmup-index" in plan  # validated before use
+    assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0
+    assert "retriever-warmup-index" in plan  # validated before use
 
 
 def test_peer_results_join_the_report_as_rows(tmp_path):
@@ -296,9 +297,9 @@ def test_adopt_keeps_the_start_when_training_does_not_help(tiny_model_dir, tmp_p
 def test_a_gain_within_the_noise_is_no_gain(tiny_model_dir, tmp_path):
     """adopt_p: a trained model whose validation lead is not significant is not adopted; with adopt_p = 1 the
     mean alone decides. The decisions the report records follow from the per-query validation scores."""
-    from tandem.eval.stats import paired_test
-    from tandem.eval.metrics import evaluate_per_query
     from tandem.data import load_beir, read_run
+    from tandem.eval.metrics import evaluate_per_query
+    from tandem.eval.stats import paired_test
 
     data = _dataset_with_dev(tmp_path)
     out = tmp_path / "run"
@@ -315,8 +316,8 @@ def test_a_gain_within_the_noise_is_no_gain(tiny_model_dir, tmp_path):
 def test_heldout_validation_and_its_absence(tiny_model_dir, tiny_dataset, tmp_path):
     """Without a dev split the held-out training queries validate (the trainer never trains on them); with too
     few training queries the recipe says it cannot validate and uses what it trained."""
-    from tandem.recipe import choose_validation
     from tandem.data import load_beir
+    from tandem.recipe import choose_validation
     from tandem.train.lists import heldout_qids
 
     ds = load_beir(tiny_dataset, "train")
@@ -383,7 +384,8 @@ def test_memory_plan_follows_the_memory_settings():
     shape = {"hidden": 384, "layers": 6, "heads": 12, "params": 22_700_000}
 
     def peaks(**train):
-        cfg = load_recipe(shipped_config("demo"), {"train": {"lr_reranker": 3e-5, **train}, "retriever_warmup_steps": 10,
+        cfg = load_recipe(shipped_config("demo"), {"train": {"lr_reranker": 3e-5, **train},
+                                                   "retriever_warmup_steps": 10,
                                                    "retriever_warmup_epochs": 0})
         return memory_plan(cfg, 5000, shape, gpu=False)
 

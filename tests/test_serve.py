@@ -7,14 +7,11 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -23,66 +20,7 @@ from tandem.data.beir import find_file
 from tandem.index.dense import build_index
 from tandem.models.encoder import Encoder
 from tandem.pipeline import Pipeline
-
-KEY = "s3cret"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url: str, body=None, key: str | None = KEY, method: str | None = None, raw: bytes | None = None,
-         headers: dict | None = None) -> tuple[int, dict]:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))
-    req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("X-API-Key", key)
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-class Server:
-    def __init__(self, *args: str, env: dict | None = None):
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"tandem-serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tandem", "serve", *args, "--port", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "TANDEM_NO_PROGRESS": "1", **(env or {})})
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            try:
-                if call(self.url + "/health", key=None)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"server did not start: {self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                raise
-        return self.proc.returncode
+from tests.conftest import KEY, Server, call
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tandem.index.bm25 import bm25_search
 from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
 from tandem.train import Trainer, lists_from_run, load_config, read_lists, write_lists
-from tests.test_cli import tandem
+from tests.conftest import tandem
 
 
 @pytest.fixture
@@ -252,7 +252,8 @@ def test_separate_towers_save_and_load(tiny_model_dir, tmp_path):
     back = Retriever.from_pretrained(tmp_path / "r")
     assert back.settings.shared is False and back.settings.query_prefix == "query: "
     with torch.no_grad():
-        torch.testing.assert_close(back.score(["gene"], ["protein cell", "heart"]), r.score(["gene"], ["protein cell", "heart"]))
+        torch.testing.assert_close(back.score(["gene"], ["protein cell", "heart"]), r.score(["gene"], ["protein cell",
+                                                                                                       "heart"]))
 
 
 def test_bad_lists(setup, tmp_path):
@@ -260,8 +261,10 @@ def test_bad_lists(setup, tmp_path):
     write_lists(tmp_path / "ok.jsonl", lists)
     assert len(read_lists(tmp_path / "ok.jsonl", ds.corpus, ds.queries)) == len(lists)
     cases = {
-        "unknown pid": ('{"qid": "q0", "positives": [{"pid": "nope"}], "negatives": [{"pid": "d1"}]}', "not in the corpus"),
-        "unknown qid": ('{"qid": "zz", "positives": [{"pid": "d1"}], "negatives": [{"pid": "d2"}]}', "not in queries.jsonl"),
+        "unknown pid": ('{"qid": "q0", "positives": [{"pid": "nope"}], "negatives": [{"pid": "d1"}]}',
+                        "not in the corpus"),
+        "unknown qid": ('{"qid": "zz", "positives": [{"pid": "d1"}], "negatives": [{"pid": "d2"}]}',
+                        "not in queries.jsonl"),
         "no positive": ('{"qid": "q0", "positives": [], "negatives": [{"pid": "d2"}]}', "no positive"),
         "no negatives": ('{"qid": "q0", "positives": [{"pid": "d1"}], "negatives": []}', "no negatives"),
     }

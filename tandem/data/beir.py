@@ -10,6 +10,7 @@ from tandem.data.types import Corpus
 from tandem.errors import DataFormatError, DatasetNotFoundError
 from tandem.io import iter_jsonl
 
+
 def find_file(directory: Path, name: str) -> Path:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.exists():

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Iterator
 
 from tandem.data.beir import find_file, iter_corpus, load_corpus, load_queries
-from tandem.data.trec import load_qrels
-from tandem.data.types import Corpus, Dataset, Qrels, count_missing
 from tandem.data.dpr import iter_psgs_tsv
 from tandem.data.msmarco import iter_collection, load_collection, load_queries_tsv
+from tandem.data.trec import load_qrels
+from tandem.data.types import Corpus, Dataset, Qrels, count_missing
 from tandem.errors import DatasetNotFoundError
 from tandem.io import open_text
 

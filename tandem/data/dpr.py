@@ -117,7 +117,8 @@ def iter_json_array(path: str | Path, chunk: int = 1 << 20) -> Iterator[tuple[in
                     break
                 except json.JSONDecodeError as e:
                     if eof:
-                        raise DataFormatError(path, f"invalid JSON: {e.msg}", line + buf.count("\n", pos, e.pos)) from None
+                        raise DataFormatError(path, f"invalid JSON: {e.msg}", line + buf.count("\n", pos,
+                                                                                               e.pos)) from None
                     eof = not fill()
             if not isinstance(obj, dict):
                 raise DataFormatError(path, "each training example must be a JSON object", line)

@@ -96,7 +96,8 @@ def triples_to_lists(path: str | Path, out: str | Path, max_negatives: int = 32,
                      known: Corpus | None = None) -> dict[str, int]:
     """Training lists from MS MARCO's id triples (``qidpidtriples.train.full.tsv``: qid, positive pid,
     negative pid): per query its positives and its first ``max_negatives`` distinct negatives, in
-    file order (the official BM25 hard negatives), written as DESIGN.md's JSON lines.
+    file order (the official BM25 hard negatives), written as training lists (JSON lines,
+    :mod:`tandem.train.lists`).
 
     Memory holds up to ``max_negatives`` ids per training query (about 1 GB for the 400k queries
     of the full file at 32). With ``known`` (the collection), ids it lacks are counted and dropped.

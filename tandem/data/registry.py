@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tandem.errors import DatasetNotFoundError, TandemError
+from tandem.errors import DatasetNotFoundError, IncompatibleArtifactError
 from tandem.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def download_dataset(name: str, dest: Path) -> Path:
         for rel, expected in spec.files.items():
             got = sha256_file(root / rel) if (root / rel).exists() else "missing"
             if got != expected:
-                raise TandemError(f"{spec.url}: {rel} has sha256 {got}, expected {expected}; not using it")
+                raise IncompatibleArtifactError(f"{spec.url}: {rel} has sha256 {got}, expected {expected}; not using "
+                                                "it")
         os.replace(root, dest)
     return dest

@@ -19,7 +19,8 @@ def read_run(path: str | Path) -> Run:
                 continue
             cols = line.split()
             if len(cols) != 6:
-                raise DataFormatError(path, f"expected 6 columns (qid Q0 docid rank score tag), found {len(cols)}", lineno)
+                raise DataFormatError(path, f"expected 6 columns (qid Q0 docid rank score tag), found {len(cols)}",
+                                      lineno)
             qid, _, pid, rank, score, _ = cols
             try:
                 int(rank)

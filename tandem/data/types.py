@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tandem.errors import TandemError
+from tandem.errors import UnknownIdError
 
 Qrels = dict[str, dict[str, int]]  # qid -> pid -> relevance
 Run = dict[str, dict[str, float]]  # qid -> pid -> score
@@ -24,7 +24,8 @@ class Corpus(Sequence[str]):
     ``corpus.text(pid)`` looks a passage up by id.
     """
 
-    def __init__(self, ids: list[str], buffer: bytes | bytearray, offsets: np.ndarray, titles: np.ndarray | None = None):
+    def __init__(self, ids: list[str], buffer: bytes | bytearray, offsets: np.ndarray,
+                 titles: np.ndarray | None = None):
         # offsets: (N + 1,) int64 byte offsets into buffer; titles: (N,) byte length of the title part
         if len(offsets) != len(ids) + 1:
             raise ValueError("offsets must have one entry more than ids")
@@ -85,7 +86,7 @@ class Corpus(Sequence[str]):
         try:
             return self[self.index[pid]]
         except KeyError:
-            raise TandemError(f"passage id {pid!r} is not in the corpus ({len(self)} passages)") from None
+            raise UnknownIdError(f"passage id {pid!r} is not in the corpus ({len(self)} passages)") from None
 
     def body(self, i: int) -> str:
         """Passage ``i`` without its title."""
@@ -125,7 +126,8 @@ class Dataset:
         return {qid: self.queries[qid] for qid in self.qrels if qid in self.queries}
 
 
-def count_missing(qrels: Mapping[str, Mapping[str, int]], queries: Mapping[str, str], corpus: Corpus) -> tuple[int, int]:
+def count_missing(qrels: Mapping[str, Mapping[str, int]], queries: Mapping[str, str], corpus: Corpus) -> tuple[int,
+                                                                                                               int]:
     """Number of qrels rows whose query, and whose passage, are unknown."""
     missing_q = sum(len(d) for q, d in qrels.items() if q not in queries)
     idx = corpus.index

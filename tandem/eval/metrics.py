@@ -21,7 +21,8 @@ def evaluate(run: Run, qrels: Qrels, measures: Iterable[str] = DEFAULT_MEASURES)
     return {m: sum(q.get(m, 0.0) for q in per_query.values()) / n for m in names}
 
 
-def evaluate_per_query(run: Run, qrels: Qrels, measures: Iterable[str] = DEFAULT_MEASURES) -> dict[str, dict[str, float]]:
+def evaluate_per_query(run: Run, qrels: Qrels, measures: Iterable[str] = DEFAULT_MEASURES) -> dict[str, dict[str,
+                                                                                                             float]]:
     """qid -> measure -> value, for every query that has at least one relevant passage."""
     import ir_measures
 

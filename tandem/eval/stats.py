@@ -17,7 +17,7 @@ from typing import Hashable, Mapping
 
 import numpy as np
 
-from tandem.errors import TandemError
+from tandem.errors import UsageError
 
 
 def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], rounds: int = 20_000,
@@ -34,7 +34,7 @@ def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], rounds
     """
     keys = [k for k in a if k in b]
     if not keys:
-        raise TandemError("paired test: the two systems share no query")
+        raise UsageError("paired test: the two systems share no query")
     x = np.asarray([float(a[k]) for k in keys])
     y = np.asarray([float(b[k]) for k in keys])
     d = x - y  # (n,)

@@ -7,7 +7,6 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-
 from tandem.data.types import Corpus, Run
 from tandem.utils import progress_enabled
 

@@ -13,7 +13,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from tandem.data.types import Corpus, Run, join_title
-from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.errors import IncompatibleArtifactError, UsageError
 from tandem.index.faiss_index import DenseIndex, default_nlist, new_faiss, train_size
 from tandem.io import atomic_open, atomic_path, read_json, sha256_file, write_json
 from tandem.models.encoder import Encoder
@@ -38,7 +38,7 @@ def encoder_info(encoder: Encoder) -> dict:
 
 def _check_embeddings_dtype(dtype: str) -> None:
     if dtype not in ("float32", "float16"):
-        raise TandemError(f"embedding dtype must be float32 or float16, got {dtype!r}")
+        raise UsageError(f"embedding dtype must be float32 or float16, got {dtype!r}")
 
 
 def save_embeddings(path: str | os.PathLike, vectors: np.ndarray, dtype: str = "float32") -> None:
@@ -78,16 +78,16 @@ def build_index(corpus: Corpus | str | os.PathLike, out: str | os.PathLike, enco
     returns the open :class:`~tandem.index.milvus_store.MilvusIndex`.
     """
     if store not in ("faiss", "milvus"):
-        raise TandemError(f"store must be faiss or milvus, got {store!r}")
+        raise UsageError(f"store must be faiss or milvus, got {store!r}")
     if store == "faiss" and (milvus_uri or milvus_collection):
-        raise TandemError("--milvus-uri and --milvus-collection need --store milvus")
+        raise UsageError("--milvus-uri and --milvus-collection need --store milvus")
     if store == "milvus":
         from tandem.index.milvus_store import index_params, require_pymilvus
 
         require_pymilvus()
         index_params(index_type, 1, **index_options)  # an index type Milvus lacks fails before the encoding
     elif index_type == "ivf":
-        raise TandemError("index type ivf (IVF_FLAT) is a Milvus store option; the FAISS store offers flat, hnsw "
+        raise UsageError("index type ivf (IVF_FLAT) is a Milvus store option; the FAISS store offers flat, hnsw "
                           "and ivfpq")
     rank, size = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))) if distributed else (0, 1)
     encoder = encoder or Encoder.from_pretrained(None)
@@ -232,7 +232,7 @@ def encode_in_shards(corpus: Corpus | str | os.PathLike, work: Path, encoder: En
                 np.save(f, np.asarray(vecs, dtype=np.float32))
         del vecs
     if not ids:
-        raise TandemError("the corpus has no passages to index")
+        raise UsageError("the corpus has no passages to index")
     if rank != 0:
         return None
     if world_size > 1:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tandem.data.types import Run
-from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.errors import IncompatibleArtifactError, UsageError
 from tandem.io import atomic_dir, manifest, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,16 @@ def new_faiss(dim: int, n: int, kind: str = "flat", hnsw_m: int = 32, ef_constru
         return index
     if kind == "ivfpq":
         if n < 256:
-            raise TandemError(f"IVF-PQ needs at least 256 vectors to train its codebooks; got {n}. Use --index-type flat")
+            raise UsageError(f"IVF-PQ needs at least 256 vectors to train its codebooks; got {n}. Use --index-type "
+                             "flat")
         nlist = nlist or default_nlist(n)
         pq_m = pq_m or _pq_subquantizers(dim)
         if dim % pq_m:
-            raise TandemError(f"IVF-PQ needs pq_m to divide the dimension {dim}; got pq_m={pq_m}")
+            raise UsageError(f"IVF-PQ needs pq_m to divide the dimension {dim}; got pq_m={pq_m}")
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(nprobe, nlist)
         return index
-    raise TandemError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    raise UsageError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
 
 
 def default_nlist(n: int) -> int:
@@ -92,7 +93,7 @@ class DenseIndex:
     def build(cls, vectors: np.ndarray, ids: Sequence[str], info: dict[str, Any], kind: str = "flat",
               **options) -> "DenseIndex":
         if len(vectors) != len(ids):
-            raise TandemError(f"{len(vectors)} vectors but {len(ids)} ids")
+            raise UsageError(f"{len(vectors)} vectors but {len(ids)} ids")
         index = build_faiss(vectors, kind, **options)
         return cls(index, ids, {**info, "index_type": kind, "index_options": options, "dim": int(vectors.shape[1]),
                                 "size": len(ids)})
@@ -110,7 +111,7 @@ class DenseIndex:
         """Nothing to release (the Milvus store's connection is closed by its own ``close``)."""
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        raise TandemError("appending passages needs an index built with --store milvus; rebuild this FAISS index "
+        raise UsageError("appending passages needs an index built with --store milvus; rebuild this FAISS index "
                           "with the new passages in the corpus (tandem index)")
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +151,8 @@ class DenseIndex:
         path = Path(path)
         for f in ("ids.txt", "manifest.json"):
             if not (path / f).exists():
-                raise IncompatibleArtifactError(f"{path}: not a tandem index (missing {f}); build one with tandem index")
+                raise IncompatibleArtifactError(f"{path}: not a tandem index (missing {f}); build one with tandem "
+                                                "index")
         info = read_json(path / "manifest.json")
         if not isinstance(info, dict) or info.get("kind") != "dense-index":
             kind = info.get("kind") if isinstance(info, dict) else type(info).__name__
@@ -161,7 +163,8 @@ class DenseIndex:
         if store not in ("faiss", "milvus"):
             raise IncompatibleArtifactError(f"{path}/manifest.json: unknown store {store!r} (faiss or milvus)")
         if store == "faiss" and not (path / "index.faiss").exists():
-            raise IncompatibleArtifactError(f"{path}: not a tandem index (missing index.faiss); build one with tandem index")
+            raise IncompatibleArtifactError(f"{path}: not a tandem index (missing index.faiss); build one with tandem "
+                                            "index")
         for name, want in (info.get("sha256") or {}).items():  # indexes built before checksums have none
             if sha256_file(path / name) != want:
                 raise IncompatibleArtifactError(f"{path}/{name}: checksum differs from the manifest's (the file is "
@@ -174,7 +177,8 @@ class DenseIndex:
         try:
             index = faiss.read_index(str(path / "index.faiss"))
         except RuntimeError as e:
-            raise IncompatibleArtifactError(f"{path}/index.faiss: not a readable FAISS index ({str(e).splitlines()[0]}); "
+            raise IncompatibleArtifactError(f"{path}/index.faiss: not a readable FAISS index "
+                                            f"({str(e).splitlines()[0]}); "
                                             "rebuild the index with tandem index") from None
         if index.ntotal != len(ids):
             raise IncompatibleArtifactError(f"{path}: index.faiss holds {index.ntotal} vectors but ids.txt {len(ids)} "

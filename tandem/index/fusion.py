@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from tandem.data.trec import ranked
-from tandem.errors import TandemError
+from tandem.errors import UsageError
 
 RRF_K = 60  # the constant of Cormack et al. (2009)
 HYBRID_DEPTH = 100  # hybrid search fuses at least each stage's top-100 (RRF needs the ranks below k)
@@ -30,7 +30,7 @@ def rrf_scores(rankings: Sequence[Mapping[str, float]], k: int = RRF_K, weights:
         depth: only each ranking's first ``depth`` passages count (default: all).
     """
     if weights is not None and len(weights) != len(rankings):
-        raise TandemError(f"{len(weights)} fusion weights for {len(rankings)} runs")
+        raise UsageError(f"{len(weights)} fusion weights for {len(rankings)} runs")
     out: dict[str, float] = {}
     for j, docs in enumerate(rankings):
         w = 1.0 if weights is None else float(weights[j])
@@ -47,9 +47,9 @@ def fuse_runs(runs: Sequence[Mapping[str, Mapping[str, float]]], k: int = RRF_K,
     ``top`` keeps each query's best ``top`` fused passages (default: all).
     """
     if not runs:
-        raise TandemError("nothing to fuse: no runs")
+        raise UsageError("nothing to fuse: no runs")
     if k < 0:
-        raise TandemError(f"the RRF constant k must be >= 0, not {k}")
+        raise UsageError(f"the RRF constant k must be >= 0, not {k}")
     qids = list(dict.fromkeys(q for r in runs for q in r))
     out: dict[str, dict[str, float]] = {}
     for q in qids:

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tandem.data.types import Run
-from tandem.errors import IncompatibleArtifactError, TandemError
+from tandem.errors import IncompatibleArtifactError, MissingDependencyError, ServiceUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def require_pymilvus():
     try:
         import pymilvus  # noqa: F401
     except ImportError:
-        raise TandemError("the Milvus store needs pymilvus and milvus-lite: pip install 'tandem-ir[milvus]'") from None
+        raise MissingDependencyError("the Milvus store needs pymilvus and milvus-lite: pip install "
+                                     "'tandem-ir[milvus]'") from None
     return pymilvus
 
 
@@ -81,7 +82,7 @@ def connect(uri: str):
     try:
         return pymilvus.MilvusClient(uri, token=os.environ.get(TOKEN_ENV, ""))
     except Exception as e:
-        raise TandemError(f"cannot reach Milvus at {uri}: {_first_line(e)}") from None
+        raise ServiceUnavailableError(f"cannot reach Milvus at {uri}: {_first_line(e)}") from None
 
 
 def disconnect(uri: str, client) -> None:
@@ -121,7 +122,7 @@ def collection_name(out: str | os.PathLike) -> str:
 
 def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][0-9A-Za-z_]{0,199}", name or ""):
-        raise TandemError(f"Milvus collection name {name!r}: letters, digits and underscores, not starting with a digit")
+        raise UsageError(f"Milvus collection name {name!r}: letters, digits and underscores, not starting with a digit")
     return name
 
 
@@ -129,7 +130,7 @@ def index_params(index_type: str, n: int, hnsw_m: int = 32, ef_construction: int
                  **_) -> tuple[str, dict]:
     """Milvus's index type and build parameters for tandem's ``--index-type``."""
     if index_type not in INDEX_TYPES:
-        raise TandemError(f"index type on the Milvus store must be one of {tuple(INDEX_TYPES)}, got {index_type!r}")
+        raise UsageError(f"index type on the Milvus store must be one of {tuple(INDEX_TYPES)}, got {index_type!r}")
     kind = INDEX_TYPES[index_type]
     if kind == "HNSW":
         return kind, {"M": hnsw_m, "efConstruction": ef_construction}
@@ -152,7 +153,8 @@ def _rows(start: int, ids: Sequence[str], vectors: np.ndarray) -> list[dict]:
     out = []
     for j, (pid, v) in enumerate(zip(ids, vectors)):
         if len(pid.encode("utf-8")) > PID_MAX_BYTES:
-            raise TandemError(f"passage id {pid[:60]!r}...: longer than {PID_MAX_BYTES} bytes, which the Milvus store holds")
+            raise UsageError(f"passage id {pid[:60]!r}...: longer than {PID_MAX_BYTES} bytes, which the Milvus store "
+                             "holds")
         out.append({"row": start + j, "pid": pid, "vec": v})
     return out
 
@@ -256,7 +258,8 @@ class MilvusIndex:
         if k < 1 or not len(queries):
             return [[] for _ in range(len(queries))]
         n = len(self.ids)
-        res = self.client.search(self.collection, data=list(queries), limit=k, filter=f"row < {n}" if self.orphans else "",
+        res = self.client.search(self.collection, data=list(queries), limit=k,
+                                 filter=f"row < {n}" if self.orphans else "",
                                  search_params={"metric_type": "IP", "params": self._search})
         return [[(int(h.id), float(h.distance)) for h in hits if int(h.id) < n] for hits in res]
 
@@ -303,7 +306,8 @@ class MilvusIndex:
                                                 "index with tandem index --store milvus")
             have = count_rows(client, alias)
             if have < len(ids):
-                raise IncompatibleArtifactError(f"{path}: the Milvus collection {alias!r} holds {have} rows but ids.txt "
+                raise IncompatibleArtifactError(f"{path}: the Milvus collection {alias!r} holds {have} rows but "
+                                                "ids.txt "
                                                 f"{len(ids)} ids; rebuild the index with tandem index --store milvus")
             if have > len(ids):  # an append killed after the collection, before ids.txt: those rows stay unseen
                 log.warning("%s: the collection holds %d rows that ids.txt does not name (an interrupted append); "
@@ -368,7 +372,8 @@ def build_milvus(paths: Sequence[Path], ids: Sequence[str], info: dict[str, Any]
             start += n
         client.flush(physical)
         if count_rows(client, physical) != len(ids):
-            raise TandemError(f"Milvus collection {physical}: holds {count_rows(client, physical)} rows after the "
+            raise IncompatibleArtifactError(f"Milvus collection {physical}: holds {count_rows(client, physical)} rows "
+                                            "after the "
                               f"build, expected {len(ids)}")
         before = point_alias(client, alias, physical)
         if before and before != physical and client.has_collection(before):
@@ -402,24 +407,25 @@ def append_passages(index: MilvusIndex, records: Sequence[tuple[str, str, str]],
     from tandem.io import atomic_open, manifest, read_json, write_json
 
     if index.directory is None:
-        raise TandemError("this Milvus index has no directory to record appended passages in")
+        raise UsageError("this Milvus index has no directory to record appended passages in")
     records = list(records)
     if not records:
-        raise TandemError("no passages to append")
+        raise UsageError("no passages to append")
     have = set(index.ids)
     seen: set[str] = set()
     for pid, _, text in records:
         if not isinstance(pid, str) or not pid:
-            raise TandemError(f"passage id {pid!r}: must be a non-empty string")
+            raise UsageError(f"passage id {pid!r}: must be a non-empty string")
         if pid in have or pid in seen:
-            raise TandemError(f"passage {pid!r} is already in the index; append only new passages")
+            raise UsageError(f"passage {pid!r} is already in the index; append only new passages")
         if not isinstance(text, str):
-            raise TandemError(f"passage {pid!r}: its text must be a string")
+            raise UsageError(f"passage {pid!r}: its text must be a string")
         seen.add(pid)
     d = index.directory
     info = read_json(d / "manifest.json")
     if int(info.get("size", -1)) != len(index.ids):
-        raise TandemError(f"{d}: the index changed on disk since it was opened ({info.get('size')} passages, this "
+        raise IncompatibleArtifactError(f"{d}: the index changed on disk since it was opened ({info.get('size')} "
+                                        "passages, this "
                           f"process has {len(index.ids)}); reload it before appending")
     vecs = encoder.encode([join_title(t, x) for _, t, x in records], batch_size=batch_size, progress=progress,
                           desc="encoding passages")

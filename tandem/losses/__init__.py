@@ -1,4 +1,5 @@
 """Training objectives, each a pure function of score tensors (no models inside)."""
+from __future__ import annotations
 
 from tandem.losses.contrastive import info_nce
 from tandem.losses.distill import list_kl, rocketqa_kl

@@ -30,7 +30,8 @@ def write_card(path: str | Path, kind: str, base: str, settings: dict[str, Any],
         load = ("```python\nfrom tandem.models.reranker import Reranker\n"
                 "Reranker.from_pretrained(\"DIR\").predict([(\"a query\", \"a passage\")])\n\n"
                 "from sentence_transformers import CrossEncoder  # the same logits\n"
-                "CrossEncoder(\"DIR\").predict([(\"a query\", \"a passage\")], activation_fn=torch.nn.Identity())\n```\n")
+                "CrossEncoder(\"DIR\").predict([(\"a query\", \"a passage\")], "
+                "activation_fn=torch.nn.Identity())\n```\n")
     text = [f"# tandem {kind}", "", f"- base model: `{base}`", f"- architecture: {architecture}",
             "- trained with tandem (RocketQAv2-style listwise training)", "", "## Training settings", "",
             "```json", json.dumps(settings, indent=2), "```", ""]

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tandem.io import read_json
 from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import POOLING_MODES, pool
 from tandem.utils import inference_autocast, progress_bar
-from tandem.io import read_json
 
 log = logging.getLogger(__name__)
 

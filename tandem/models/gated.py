@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tandem.models.encoder import pad_batch
 from tandem.errors import ModelLoadError
+from tandem.io import read_json
+from tandem.models.encoder import pad_batch
 from tandem.models.hf import _load_errors, load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import pool
 from tandem.models.reranker import CONFIG_FILE, Reranker, RerankerSettings
-from tandem.io import read_json
 
 HEAD_FILE = "gated_head.pt"
 BODY_DIR = "body"  # the transformer body's own directory inside a saved gated re-ranker

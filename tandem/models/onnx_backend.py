@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from tandem.errors import TandemError
+from tandem.errors import MissingDependencyError, UsageError
 from tandem.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,12 @@ def runtime(module: torch.nn.Module, name: str, backend: str, classifier: bool =
     if backend == "torch":
         return None
     if backend not in BACKENDS[1:]:
-        raise TandemError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise TandemError("the ONNX backend needs onnxruntime and onnx: pip install 'tandem-ir[onnx]'") from None
+        raise MissingDependencyError("the ONNX backend needs onnxruntime and onnx: pip install "
+                                     "'tandem-ir[onnx]'") from None
     key = weights_key(name, module) + ("-cls" if classifier else "")
     quantize = backend == "onnx-int8"
     return OnnxBody(export(module, key, quantize, classifier),

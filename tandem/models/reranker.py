@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tandem.errors import ModelLoadError, TandemError
+from tandem.errors import IncompatibleArtifactError, ModelLoadError
+from tandem.io import read_json
 from tandem.models.encoder import pad_batch
 from tandem.models.hf import _load_errors, load_tokenizer, quiet_transformers, resolve_model
 from tandem.utils import inference_autocast, progress_bar
-from tandem.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class Reranker(nn.Module):
 
         backend = resolve_backend(backend, onnx_ok=self.settings.architecture == "cross")[0]
         if backend != "torch" and self.settings.architecture != "cross":
-            raise TandemError(f"the ONNX backend runs plain cross-encoders; this re-ranker is {self.settings.architecture!r}")
+            raise IncompatibleArtifactError("the ONNX backend runs plain cross-encoders; this re-ranker is "
+                                            f"{self.settings.architecture!r}")
         from tandem.models.onnx_backend import runtime
         from tandem.utils import inference_device
 

@@ -16,9 +16,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from tandem.io import read_json
 from tandem.models.encoder import Encoder
 from tandem.models.hf import resolve_model
-from tandem.io import read_json
 
 CONFIG_FILE = "tandem_retriever.json"
 

@@ -1,4 +1,5 @@
 """Training: lists, settings, losses in use, the joint trainer and checkpoints."""
+from __future__ import annotations
 
 from tandem.train.api import load_models, train
 from tandem.train.config import TrainConfig, load_config

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.data import load_beir, read_run, resolve_dataset
-from tandem.errors import TandemError
+from tandem.errors import UsageError
 from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
 from tandem.train.config import TrainConfig, load_config
@@ -69,7 +69,7 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
     cfg = load_config(config, overrides)
     directory = resolve_dataset(data)
     if (lists is None) == (run is None):
-        raise TandemError("give the training lists (--lists LISTS.jsonl) or a run to build them from (--run RUN.trec)")
+        raise UsageError("give the training lists (--lists LISTS.jsonl) or a run to build them from (--run RUN.trec)")
     out = Path(out)
     ds = load_beir(directory, split if lists is None else None)  # lists need no qrels
     if lists is not None:
@@ -78,7 +78,7 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
         training = lists_from_run(read_run(run), ds.qrels, ds.corpus, top_n, queries=ds.queries)
         write_lists(out / "lists.jsonl", training)
     if not training:
-        raise TandemError("no training lists")
+        raise UsageError("no training lists")
     r, ce = load_models(cfg, retriever, reranker, ds.corpus)
     trainer = Trainer(cfg, ds.corpus, ds.queries, training, out, r, ce, progress=progress, validator=validator)
     return trainer.train(resume=resume)

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tandem.errors import ConfigError
-from tandem.settings import describe as _describe
-from tandem.settings import load_settings
-from tandem.settings import setting as _f
+from tandem.settings import describe as _describe, load_settings, setting as _f
 from tandem.utils import PRECISIONS
 
 MODES = ("joint", "static", "retriever", "reranker")

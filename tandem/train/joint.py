@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from tandem.data.types import Corpus
-from tandem.errors import TandemError
+from tandem.errors import IncompatibleArtifactError, UsageError
 from tandem.io import atomic_dir, write_json
 from tandem.losses import group_ce, info_nce, pointwise_bce, rocketqa_kl
 from tandem.models.reranker import Reranker
@@ -120,7 +119,8 @@ def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
             mod.p = p
             n += 1
     if not n:
-        raise TandemError(f"attention_dropout: {type(model).__name__} has no BERT-style attention dropout to set "
+        raise IncompatibleArtifactError(f"attention_dropout: {type(model).__name__} has no BERT-style attention "
+                                        "dropout to set "
                           "(leave attention_dropout at -1 for this model)")
     return n
 
@@ -145,11 +145,11 @@ class Trainer:
         self.use_reranker = cfg.mode in ("joint", "static", "reranker")
         self.train_reranker = cfg.mode in ("joint", "reranker")
         if self.use_retriever and retriever is None:
-            raise TandemError(f"mode {cfg.mode} needs a retriever")
+            raise UsageError(f"mode {cfg.mode} needs a retriever")
         if self.use_reranker and reranker is None:
-            raise TandemError(f"mode {cfg.mode} needs a re-ranker")
+            raise UsageError(f"mode {cfg.mode} needs a re-ranker")
         if cfg.mode in ("joint", "static") and not reranker.settings.trained and not cfg.allow_untrained_reranker:
-            raise TandemError(
+            raise UsageError(
                 f"the re-ranker {reranker.name!r} has a new, untrained classification head: as a teacher it would "
                 "pull the retriever toward noise. Warm it up first (tandem train --mode reranker ..., then pass "
                 "--reranker OUT/reranker), or set allow_untrained_reranker=true to train from it anyway")
@@ -180,7 +180,7 @@ class Trainer:
                 self.validator = self._heldout_validator(queries)
             self.best = BestStates(self.out / "best", self.main)
             if not self.validated_models() or not (self.validator is not None and len(self.validator)):
-                raise TandemError("keep_best needs validation queries: held-out lists (heldout_fraction > 0) "
+                raise UsageError("keep_best needs validation queries: held-out lists (heldout_fraction > 0) "
                                   "or a validator")
         if cfg.heldout_eval_lists and len(self.heldout) > cfg.heldout_eval_lists:  # cheaper diagnostics
             from tandem.train.lists import first_by_hash
@@ -189,7 +189,7 @@ class Trainer:
             self.heldout = [lst for lst in self.heldout if lst.qid in keep]
         self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:
-            raise TandemError("no training lists left (empty lists file, or heldout_fraction too large)")
+            raise UsageError("no training lists left (empty lists file, or heldout_fraction too large)")
         self.sampler = ListSampler(self.lists, queries, cfg.list_size - 1, cfg.seed, cfg.denoised_share,
                                    cfg.pseudo_positive_prob)
         # held-out lists: labelled positives and the undenoised pool only, so that runs on differently built
@@ -414,7 +414,8 @@ class Trainer:
                 if self.retriever is not None:
                     out["retriever"].append(self.retriever.score(queries, passages).float().cpu())
                 if self.reranker is not None:
-                    out["reranker"].append(self.reranker.score(pair_queries, passages).view(len(chunk), -1).float().cpu())
+                    out["reranker"].append(self.reranker.score(pair_queries, passages).view(len(chunk),
+                                                                                            -1).float().cpu())
         finally:
             for m, mode in zip(models, modes):
                 m.train(mode)
@@ -517,7 +518,8 @@ class Trainer:
                 self._log(record)
         t0, seqs, last = time.perf_counter(), 0, {}
         per_list = self.cfg.list_size * (int(self.use_retriever) + int(self.use_reranker)) + int(self.use_retriever)
-        with progress_bar(self.total_steps, f"train ({self.cfg.mode})", self.progress and self.main, unit="step") as bar:
+        with progress_bar(self.total_steps, f"train ({self.cfg.mode})", self.progress and self.main,
+                          unit="step") as bar:
             bar.update(self.step)
             while self.step < self.total_steps:
                 if stop_after is not None and self.step >= stop_after:

@@ -1,4 +1,5 @@
-"""Training lists: one query, its positives and a pool of negatives (DESIGN.md section 4).
+"""Training lists: one query, its positives and a pool of negatives (the file ``tandem mine``
+writes and ``tandem train --lists`` reads).
 
 On disk, JSON lines: ``{"qid", "query"?, "positives": [{"pid", "score"?, "pseudo"?}],
 "negatives": [{"pid", "score"?, "source"}]}``; texts are looked up in the corpus. The trainer
@@ -16,10 +17,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tandem.io import iter_jsonl
 from tandem.data.types import Corpus, Qrels, Run
-from tandem.errors import DataFormatError, TandemError
-from tandem.io import atomic_open
+from tandem.errors import DataFormatError, UsageError
+from tandem.io import atomic_open, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def read_lists(path: str | Path, corpus: Corpus, queries: Mapping[str, str]) -> 
         qid = str(obj["qid"])
         pos, neg = _entries(obj, "positives", path, lineno), _entries(obj, "negatives", path, lineno)
         if qid not in queries and not obj.get("query"):
-            problems.setdefault(f"query id {qid!r} is not in queries.jsonl and the line has no \"query\"", []).append(lineno)
+            problems.setdefault(f"query id {qid!r} is not in queries.jsonl and the line has no \"query\"",
+                                []).append(lineno)
         unknown = [e["pid"] for e in pos + neg if e["pid"] not in corpus]
         if unknown:
             problems.setdefault("passage ids not in the corpus (first: %r)" % unknown[0], []).append(lineno)
@@ -88,7 +89,8 @@ def read_lists(path: str | Path, corpus: Corpus, queries: Mapping[str, str]) -> 
         lists.append(TrainingList(qid, pos, neg, obj.get("query")))
     if problems:
         parts = [f"{msg}: {len(lines)} lists, first on line {lines[0]}" for msg, lines in problems.items()]
-        raise DataFormatError(path, "; ".join(parts) + ". Were the lists built for this dataset?", problems[next(iter(problems))][0])
+        raise DataFormatError(path, "; ".join(parts) + ". Were the lists built for this dataset?",
+                              problems[next(iter(problems))][0])
     return lists
 
 
@@ -190,13 +192,13 @@ class ListSampler:
 
     def __post_init__(self):
         if self.negatives < 1:
-            raise TandemError(f"a list needs at least one negative; list size {self.negatives + 1}")
+            raise UsageError(f"a list needs at least one negative; list size {self.negatives + 1}")
         self.short_lists = sum(1 for lst in self.lists if len({e["pid"] for e in lst.negatives}) < self.negatives)
         if self.short_lists:
             log.warning("%d of %d lists have fewer than %d distinct negatives; their negatives are drawn with "
                         "replacement", self.short_lists, len(self.lists), self.negatives)
         if self.labelled_only and any(not [e for e in lst.positives if not e.get("pseudo")] for lst in self.lists):
-            raise TandemError("held-out lists need a labelled (not pseudo) positive each")
+            raise UsageError("held-out lists need a labelled (not pseudo) positive each")
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.lists))
