@@ -465,6 +465,7 @@ def model_shape(model: str | None) -> dict[str, int]:
 # runs (measured on the demo, 2-core CPU: 0.55 GB in a bare `tandem train`, ~1.0 GB inside the recipe)
 PROCESS_BASE_BYTES = 1.0e9
 # (gated re-ranker?, attention dropout off?) -> k of memory_plan, fitted to benchmarks/train_memory.py (fp32, CPU)
+# (attention matrices kept whatever the dropout: the gated re-ranker, attention dropout 0) -> activation factor
 ACTIVATION_FIT = {(False, False): 1.15, (False, True): 1.2, (True, False): 2.1, (True, True): 1.75}
 
 
@@ -482,6 +483,7 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
     of a batch (32 sequences). Indexing adds the corpus's fp32 vectors. On a CPU every stage adds the process's
     own memory (``PROCESS_BASE_BYTES``) and each loaded model's weights.
     """
+    from tandem.models.architectures import architecture
     from tandem.train.config import reranker_dropout
     from tandem.utils import resolve_precision
 
@@ -489,8 +491,9 @@ def memory_plan(cfg: RecipeConfig, n_passages: int, shape: dict[str, int], gpu: 
     width = 1 if gpu or resolve_precision(None, "cpu") == "bf16" else 2  # bytes per activation / 2
 
     def per_token(length: int, arch: str, attention_dropout: float) -> float:  # stored activations, all layers
-        fused = attention_dropout == 0 and arch != "gated"
-        k = ACTIVATION_FIT[(arch == "gated", attention_dropout == 0)]
+        fused_kernel = architecture(arch).fused_attention if arch else True  # "": the retriever, a plain encoder
+        fused = attention_dropout == 0 and fused_kernel
+        k = ACTIVATION_FIT[(not fused_kernel, attention_dropout == 0)]
         return k * width * (34 * h + (0 if fused else 5 * heads * length)) * layers
 
     def transient(length: int, batch: int = 32) -> float:  # inference: one layer's tensors of a batch

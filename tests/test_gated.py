@@ -159,3 +159,22 @@ def test_gated_directory_does_not_pass_for_a_plain_cross_encoder(tiny_model_dir,
     with torch.no_grad():
         assert torch.allclose(Reranker.from_pretrained(tmp_path / "g").eval().score(QUERIES, PASSAGES), want,
                               atol=1e-5)
+
+
+def test_architecture_table_decides_loading_onnx_and_memory(tmp_path, tiny_model_dir):
+    """One table (tandem.models.architectures) says what each re-ranker architecture can do: an unknown name in
+    a saved directory is a clear error, not a plain classifier loaded with a random head."""
+    import json
+
+    from tandem.errors import ConfigError
+    from tandem.models.architectures import ARCHITECTURES, architecture
+    from tandem.models.reranker import CONFIG_FILE, Reranker
+
+    assert architecture("cross").onnx and architecture("cross").plain_classifier
+    assert not architecture("gated").onnx and not architecture("gated").fused_attention
+    ce = Reranker.from_pretrained(str(tiny_model_dir), max_length=32)
+    ce.save(tmp_path / "ce")
+    cfg = json.loads((tmp_path / "ce" / CONFIG_FILE).read_text())
+    (tmp_path / "ce" / CONFIG_FILE).write_text(json.dumps({**cfg, "architecture": "sparse-moe"}))
+    with pytest.raises(ConfigError, match=str(sorted(ARCHITECTURES)).replace("[", r"\[").replace("]", r"\]")):
+        Reranker.from_pretrained(str(tmp_path / "ce"))

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tandem.models.architectures import ARCHITECTURES
+
 
 def write_card(path: str | Path, kind: str, base: str, settings: dict[str, Any],
                metrics: dict[str, Any] | None = None, architecture: str = "cross") -> None:
@@ -17,7 +19,7 @@ def write_card(path: str | Path, kind: str, base: str, settings: dict[str, Any],
                 "With shared towers the directory is also a sentence-transformers model:\n\n"
                 "```python\nfrom sentence_transformers import SentenceTransformer\n"
                 "SentenceTransformer(\"DIR\").encode([\"a passage\"])\n```\n")
-    elif architecture == "gated":
+    elif not ARCHITECTURES[architecture].plain_classifier:
         load = ("This is tandem's gated cross-encoder (see `tandem/models/gated.py`): its score mixes the\n"
                 "bi-encoder cosine, a word-piece BM25 term and an interaction head over gated cross-attention,\n"
                 "so it is not a plain sequence classifier: its transformer body sits in `body/`, and\n"

@@ -33,7 +33,7 @@ class RerankerSettings:
     max_length: int = 256
     query_max_length: int = 64
     trained: bool = False  # False while the classification head is freshly initialised
-    architecture: str = "cross"  # cross: plain sequence classifier; gated: tandem.models.gated
+    architecture: str = "cross"  # a name in tandem.models.architectures.ARCHITECTURES
 
 
 class Reranker(nn.Module):
@@ -52,10 +52,12 @@ class Reranker(nn.Module):
     def set_backend(self, backend: str) -> "Reranker":
         """Score pairs in PyTorch or ONNX Runtime (``onnx``, ``onnx-int8``; ``auto``: see
         :func:`tandem.utils.resolve_backend`); training stays in PyTorch."""
+        from tandem.models.architectures import architecture
         from tandem.utils import resolve_backend
 
-        backend = resolve_backend(backend, onnx_ok=self.settings.architecture == "cross")[0]
-        if backend != "torch" and self.settings.architecture != "cross":
+        onnx_ok = architecture(self.settings.architecture).onnx
+        backend = resolve_backend(backend, onnx_ok=onnx_ok)[0]
+        if backend != "torch" and not onnx_ok:
             raise IncompatibleArtifactError("the ONNX backend runs plain cross-encoders; this re-ranker is "
                                             f"{self.settings.architecture!r}")
         from tandem.models.onnx_backend import runtime
@@ -76,10 +78,11 @@ class Reranker(nn.Module):
         name = resolve_model(name_or_dir)
         path = Path(name)
         recorded = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).exists() else {}
-        if recorded.get("architecture") == "gated":
-            from tandem.models.gated import GatedReranker
+        from tandem.models.architectures import architecture
 
-            return GatedReranker.load(path, **overrides)
+        spec = architecture(recorded.get("architecture", "cross"))
+        if spec.loader:  # a tandem architecture with a directory layout of its own
+            return spec.load(path, **overrides)
         try:
             with quiet_transformers():
                 model, info = AutoModelForSequenceClassification.from_pretrained(

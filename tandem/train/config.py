@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tandem.errors import ConfigError
+from tandem.models.architectures import ARCHITECTURES
 from tandem.settings import describe as _describe, load_settings, setting as _f
 from tandem.utils import PRECISIONS
 
@@ -117,7 +118,7 @@ class TrainConfig:
             (self.kl_reduction in ("batchmean", "mean"), "kl_reduction must be batchmean or mean"),
             (self.kl_routing in ("official", "both"), "kl_routing must be official or both"),
             (self.temperature > 0, "temperature must be > 0"),
-            (self.reranker_arch in ("cross", "gated"), "reranker_arch must be cross or gated"),
+            (self.reranker_arch in ARCHITECTURES, f"reranker_arch must be one of {sorted(ARCHITECTURES)}"),
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
             (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
