@@ -571,6 +571,9 @@ def mine(ctx: typer.Context,
                                              help="Denoise only this many training queries (held-out ones first, the "
                                                   "rest by a hash of the id) and write their lists alone (0: all)."),
          restart: bool = typer.Option(False, "--restart", help="Discard the work files of an earlier run."),
+         mine_set: list[str] = typer.Option([], "--set", help="Any mining setting as KEY=VALUE (repeatable; "
+                                                                 "tandem mine-settings lists them), over the "
+                                                                 "options above."),
          backend: Backend = BackendOpt,
          progress: bool = ProgressOpt) -> None:
     """Mine hard negatives, denoise them with a re-ranker and write training lists with a report.
@@ -579,11 +582,13 @@ def mine(ctx: typer.Context,
     as key=value (e.g. lr_reranker=3e-5 reranker_max_length=160).
     """
     from tandem.mine import MineSettings, mine as _mine
+    from tandem.settings import load_settings, parse_overrides
 
-    settings = MineSettings(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low,
-                            high=high, low_from_positives=low_from_positives, low_rank=low_rank, high_rank=high_rank,
-                            calibration=calibration.value,
-                            denoise_top=denoise_top, max_pseudo=max_pseudo, denoise_queries=denoise_queries)
+    options = dict(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low, high=high,
+                   low_from_positives=low_from_positives, low_rank=low_rank, high_rank=high_rank,
+                   calibration=calibration.value, denoise_top=denoise_top, max_pseudo=max_pseudo,
+                   denoise_queries=denoise_queries)
+    settings = load_settings(MineSettings, overrides={**options, **parse_overrides(mine_set)})
     result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
                    warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,
                    restart=restart, backend=backend.value)
@@ -635,6 +640,16 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
                              allow_append=allow_append)
     _serve(index, reranker=reranker, data=data, host=host, port=port, settings=settings,
            allow_untrained_reranker=allow_untrained_reranker, backend=backend.value, hybrid=hybrid)
+
+
+@app.command("mine-settings")
+def mine_settings() -> None:
+    """List every mining and denoising setting with its default and meaning (tandem mine --set KEY=VALUE, or a
+    recipe's mine: mapping)."""
+    from tandem.mine import MineSettings
+    from tandem.settings import describe
+
+    typer.echo(describe(MineSettings))
 
 
 @app.command("train-settings")

@@ -126,6 +126,8 @@ class RecipeConfig:
                            "top-k), and keep each model's best state, its start included (early stopping's "
                            "choice; each validation costs a corpus encoding or a re-ranking: the plan counts "
                            "them); 0: validate after each stage only")
+    mine: dict = _f(None, "extra mining and denoising settings (see tandem mine-settings) over the ones this recipe "
+                          "sets (top_n, low, high, denoise_top, ...), for the lists and denoise stages")
     train: dict = _f(None, "extra training settings (see tandem train-settings) for every training stage")
     retriever_warmup_train: dict = _f(None, "training settings for the retriever warm-up only (over list_size, "
                                             "batch_size, train)")
@@ -140,6 +142,24 @@ class RecipeConfig:
     rates: dict = _f(None, "--dry-run cost model: measured throughputs of ONE device (encode_per_s at 128 passage "
                            "tokens, train_seq_per_s at 128 tokens, rerank_pairs_per_s at 160 tokens); default: "
                            "this project's 2-core CPU")
+
+    def mine_settings(self, n_train: int):
+        """The mining and denoising settings of the lists and denoise stages: the recipe's own fields, then
+        ``mine`` (any :class:`~tandem.mine.MineSettings` field; an unknown one is a ConfigError)."""
+        from tandem.mine import MineSettings
+        from tandem.settings import load_settings
+
+        own = {"top_n": self.top_n, "low": self.low, "high": self.high, "denoise_top": self.denoise_top,
+               "split": self.train_split, "low_from_positives": self.low_from_positives,
+               "calibration_fraction": self.heldout_fraction if 0 < self.heldout_fraction < 1 else 0.1,
+               "denoise_queries": denoised_queries(self, n_train),
+               "calibration_max_queries": self.calibration_max_queries}
+        try:
+            ms = load_settings(MineSettings, overrides={**own, **(self.mine or {})})
+            ms.check()
+        except ConfigError as e:
+            raise ConfigError(f"mine: {e}") from None
+        return ms
 
     def train_overrides(self, mode: str, steps: int, stage: str = "") -> dict[str, Any]:
         """The training settings of a stage: the recipe's, then ``train``, then the stage's own."""
@@ -293,8 +313,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     validation queries are searched beside the test queries and their top-k re-ranked; ``positives`` is the mean
     number of labelled positives of a training query (the denoiser's calibration scores up to five of them).
     """
-    from tandem.mine import MineSettings
-
+    calibration_positives = cfg.mine_settings(max(1, n_train)).calibration_positives  # (and `mine:` checked early)
     rates = {**default_rates(), **(cfg.rates or {})}
     dev = max(1, cfg.devices)
     enc = rates["encode_per_s"] * 128 / cfg.max_length * dev
@@ -350,7 +369,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
            "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
            + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c"),
            "denoise": ((denoised_queries(cfg, n_train) * (cfg.denoise_top or cfg.top_n)
-                        + calibration_queries(cfg, n_train) * min(positives, MineSettings.calibration_positives))
+                        + calibration_queries(cfg, n_train) * (min(positives, calibration_positives)
+                                                               if calibration_positives else positives))
                        / pairs + 10)
            if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker")
@@ -785,13 +805,9 @@ class _Runner:
         self._system("hybrid-zero-shot", "hybrid-zero-shot")
 
         def lists(d: Path, reranker: str | None = None) -> None:
-            from tandem.mine import MineSettings, mine
+            from tandem.mine import mine
 
-            ms = MineSettings(top_n=cfg.top_n, low=cfg.low, high=cfg.high, denoise_top=cfg.denoise_top,
-                              split=cfg.train_split, low_from_positives=cfg.low_from_positives,
-                              calibration_fraction=cfg.heldout_fraction if 0 < cfg.heldout_fraction < 1 else 0.1,
-                              denoise_queries=denoised_queries(cfg, len(self.train_ds.qrels)),
-                              calibration_max_queries=cfg.calibration_max_queries)
+            ms = cfg.mine_settings(len(self.train_ds.qrels))
             if reranker is not None:  # denoising: the lists stage mined these candidates; resume from them
                 work = d / "lists.mine"
                 work.mkdir(parents=True, exist_ok=True)
@@ -800,7 +816,8 @@ class _Runner:
             mine(self.data_dir, d / "lists.jsonl", index=out / "zs-index" / "index", reranker=reranker, settings=ms,
                  progress=self.progress, ds=self.train_ds)
 
-        st.run("lists", {"top_n": cfg.top_n}, lists, after=("zs-index",))
+        extra = {"mine": cfg.mine} if cfg.mine else {}  # (without it, the keys of runs made before `mine:`)
+        st.run("lists", {"top_n": cfg.top_n, **extra}, lists, after=("zs-index",))
         # what the re-ranker warm-up and joint training start from, and the system that stands for it
         start, start_after, start_system = self.model, (), "zero-shot"
         if cfg.retriever_warmup_steps:
@@ -819,7 +836,7 @@ class _Runner:
             st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high,
                                "low_from_positives": cfg.low_from_positives,
                                "calibration_max_queries": cfg.calibration_max_queries,
-                               "queries": denoised_queries(cfg, len(self.train_ds.qrels))},
+                               "queries": denoised_queries(cfg, len(self.train_ds.qrels)), **extra},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),
                     after=(lists_stage, "warmup", *start_after), lists=lists_stage, first_stage=start_system)

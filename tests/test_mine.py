@@ -186,6 +186,23 @@ def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path)
     assert r.returncode == 2 and "not both" in r.stderr
 
 
+def test_every_mining_setting_reaches_the_cli_and_the_recipe(tiny_dataset, tmp_path):
+    """One source per setting: MineSettings. `tandem mine --set KEY=VALUE` takes any of its fields, a recipe's
+    `mine:` mapping too, and both refuse a name that is not one, saying which are."""
+    out = tmp_path / "l.jsonl"
+    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--bm25", "--no-dense", "--top-n", "5",
+               "--set", "samples=2", "--set", "query_batch=7")
+    report = json.loads((tmp_path / "l.report.json").read_text())
+    assert r.returncode == 0 and report["settings"]["samples"] == 2 and report["settings"]["query_batch"] == 7
+    assert report["settings"]["top_n"] == 5  # the options still count, under --set
+    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--bm25", "--set", "nearcopy=0.5",
+               check=False)
+    assert r.returncode == 2 and "did you mean near_copy" in r.stderr
+    assert "near_copy = 0.8" in tandem("mine-settings").stdout
+    r = tandem("demo", "--dry-run", "--data", str(tiny_dataset), "mine={max_psuedo: 5}", check=False)
+    assert r.returncode == 2 and "mine: unknown setting" in r.stderr and "max_pseudo" in r.stderr
+
+
 def test_low_threshold_from_held_out_positives(planted, tmp_path):
     data, _, _ = planted
     res = mine(data, tmp_path / "q.jsonl", reranker=OverlapScorer(), progress=False,
