@@ -572,8 +572,8 @@ def mine(ctx: typer.Context,
                                                   "rest by a hash of the id) and write their lists alone (0: all)."),
          restart: bool = typer.Option(False, "--restart", help="Discard the work files of an earlier run."),
          mine_set: list[str] = typer.Option([], "--set", help="Any mining setting as KEY=VALUE (repeatable; "
-                                                                 "tandem mine-settings lists them), over the "
-                                                                 "options above."),
+                                                              "tandem mine-settings lists them), over the options "
+                                                              "above."),
          backend: Backend = BackendOpt,
          progress: bool = ProgressOpt) -> None:
     """Mine hard negatives, denoise them with a re-ranker and write training lists with a report.

@@ -552,8 +552,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
             denoiser = reranker if loaded else Reranker.from_pretrained(reranker)
             if not getattr(getattr(denoiser, "settings", None), "trained", True):
                 raise IncompatibleArtifactError(f"re-ranker {ident!r} has an untrained head: it cannot denoise. Pass a "
-                                                "trained "
-                                  "re-ranker, or --warmup-reranker to train one first")
+                                                "trained re-ranker, or --warmup-reranker to train one first")
             score_candidates(ds, cand_path, score_path, denoiser, settings, positives, len(only or qids), progress,
                              (_stop or {}).get("score"), held, only)
         seconds["score"] = time.perf_counter() - t0

@@ -111,8 +111,8 @@ class Pipeline:
             if not ce.settings.trained:
                 if not allow_untrained_reranker:
                     raise IncompatibleArtifactError(f"re-ranker {reranker!r} has an untrained head: its scores are "
-                                                    "noise. Train it "
-                                      "(tandem train --mode reranker) or pass a trained one")
+                                                    "noise. Train it (tandem train --mode reranker) or pass a trained "
+                                                    "one")
                 log.warning("re-ranker %s has an untrained head: its scores are noise", reranker)
             ce.eval()
         info = {"index": str(index_dir), "passages": len(index), "dim": index.dim,
@@ -185,10 +185,10 @@ class Pipeline:
         encoder, written to the collection and recorded in the index directory, then searchable here at once
         (and by other processes after a reload). Returns the number added."""
         from tandem.index.dense import passage_encoder_for
+        from tandem.index.faiss_index import require_appendable
         from tandem.index.milvus_store import append_passages
 
-        if self.index.store != "milvus":
-            self.index.add([], np.zeros((0, self.index.dim), dtype=np.float32))  # raises: FAISS indexes are rebuilt
+        require_appendable(self.index)  # before the passage encoder loads
         with self._lock:
             if self._passage_encoder is None:
                 self._passage_encoder = passage_encoder_for(self.index.info)

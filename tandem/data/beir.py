@@ -77,6 +77,4 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(f"tandem.data.{_MOVED[name]}"), name)
-    if name == "iter_jsonl":
-        return iter_jsonl
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

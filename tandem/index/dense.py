@@ -14,7 +14,7 @@ import numpy as np
 
 from tandem.data.types import Corpus, Run, join_title
 from tandem.errors import IncompatibleArtifactError, UsageError
-from tandem.index.faiss_index import DenseIndex, default_nlist, new_faiss, train_size
+from tandem.index.faiss_index import DenseIndex, default_nlist, new_faiss, require_appendable, train_size
 from tandem.io import atomic_open, atomic_path, read_json, sha256_file, write_json
 from tandem.models.encoder import Encoder
 from tandem.models.hf import model_fingerprint, resolve_model
@@ -296,8 +296,7 @@ def append_to_index(index_dir: str | os.PathLike, records, batch_size: int = 32,
     Whoever serves the index sees them after a reload (``POST /reload`` or SIGHUP)."""
     index = DenseIndex.load(index_dir)
     try:
-        if index.store != "milvus":
-            index.add([], np.zeros((0, index.dim), dtype=np.float32))  # raises: FAISS indexes are rebuilt
+        require_appendable(index)  # before the encoder loads
         from tandem.index.milvus_store import append_passages
 
         return append_passages(index, records, passage_encoder_for(index.info), batch_size, progress)

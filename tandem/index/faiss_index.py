@@ -111,8 +111,7 @@ class DenseIndex:
         """Nothing to release (the Milvus store's connection is closed by its own ``close``)."""
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        raise UsageError("appending passages needs an index built with --store milvus; rebuild this FAISS index "
-                          "with the new passages in the corpus (tandem index)")
+        require_appendable(self)
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and positions (Q, k) of the top-``k`` passages for each query vector."""
@@ -123,11 +122,7 @@ class DenseIndex:
         return self.index.search(queries, k)
 
     def search(self, qids: Sequence[str], queries: np.ndarray, k: int) -> Run:
-        scores, positions = self.search_vectors(queries, k)
-        run: Run = {}
-        for qid, row_s, row_p in zip(qids, scores, positions):
-            run[qid] = {self.ids[int(p)]: float(s) for s, p in zip(row_s, row_p) if p >= 0}
-        return run
+        return run_from_positions(self.ids, qids, *self.search_vectors(queries, k))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index directory atomically (a killed save leaves the previous index intact)."""
@@ -184,6 +179,19 @@ class DenseIndex:
             raise IncompatibleArtifactError(f"{path}: index.faiss holds {index.ntotal} vectors but ids.txt {len(ids)} "
                                             "ids; rebuild the index with tandem index")
         return cls(index, ids, info)
+
+
+def run_from_positions(ids: Sequence[str], qids: Sequence[str], scores: np.ndarray, positions: np.ndarray) -> Run:
+    """A run from an index's (Q, k) scores and positions (-1: no passage there), ``ids`` naming the positions."""
+    return {qid: {ids[int(p)]: float(s) for s, p in zip(row_s, row_p) if p >= 0}
+            for qid, row_s, row_p in zip(qids, scores, positions)}
+
+
+def require_appendable(index) -> None:
+    """Passages can be added to a Milvus store only; a FAISS index is rebuilt with them."""
+    if getattr(index, "store", "faiss") != "milvus":
+        raise UsageError("appending passages needs an index built with --store milvus; rebuild this FAISS index "
+                         "with the new passages in the corpus (tandem index)")
 
 
 def ids_digest(ids: Sequence[str]) -> str:

@@ -28,7 +28,7 @@ import re
 import secrets
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -275,9 +275,9 @@ class MilvusIndex:
         return scores, positions
 
     def search(self, qids: Sequence[str], queries: np.ndarray, k: int) -> Run:
-        scores, positions = self.search_vectors(queries, k)
-        return {qid: {self.ids[int(p)]: float(s) for s, p in zip(rs, rp) if p >= 0}
-                for qid, rs, rp in zip(qids, scores, positions)}
+        from tandem.index.faiss_index import run_from_positions
+
+        return run_from_positions(self.ids, qids, *self.search_vectors(queries, k))
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Upsert ``vectors`` as the rows after the last one, then extend the ids (memory only: the caller
@@ -307,8 +307,8 @@ class MilvusIndex:
             have = count_rows(client, alias)
             if have < len(ids):
                 raise IncompatibleArtifactError(f"{path}: the Milvus collection {alias!r} holds {have} rows but "
-                                                "ids.txt "
-                                                f"{len(ids)} ids; rebuild the index with tandem index --store milvus")
+                                                f"ids.txt {len(ids)} ids; rebuild the index with tandem index --store "
+                                                "milvus")
             if have > len(ids):  # an append killed after the collection, before ids.txt: those rows stay unseen
                 log.warning("%s: the collection holds %d rows that ids.txt does not name (an interrupted append); "
                             "searches ignore them", path, have - len(ids))
@@ -317,10 +317,6 @@ class MilvusIndex:
             disconnect(uri, client)
             raise
         return cls(path, uri, alias, ids, info, client, orphans=have > len(ids))
-
-
-def lite_stores(directory: Path) -> Iterable[Path]:
-    return sorted(directory.glob("store-*.db"))
 
 
 # --- building and appending ----------------------------------------------------------------------------------
@@ -373,8 +369,7 @@ def build_milvus(paths: Sequence[Path], ids: Sequence[str], info: dict[str, Any]
         client.flush(physical)
         if count_rows(client, physical) != len(ids):
             raise IncompatibleArtifactError(f"Milvus collection {physical}: holds {count_rows(client, physical)} rows "
-                                            "after the "
-                              f"build, expected {len(ids)}")
+                                            f"after the build, expected {len(ids)}")
         before = point_alias(client, alias, physical)
         if before and before != physical and client.has_collection(before):
             client.drop_collection(before)
@@ -403,9 +398,10 @@ def append_passages(index: MilvusIndex, records: Sequence[tuple[str, str, str]],
     import json
 
     from tandem.data.types import join_title
-    from tandem.index.faiss_index import ids_digest
+    from tandem.index.faiss_index import ids_digest, require_appendable
     from tandem.io import atomic_open, manifest, read_json, write_json
 
+    require_appendable(index)
     if index.directory is None:
         raise UsageError("this Milvus index has no directory to record appended passages in")
     records = list(records)
@@ -425,8 +421,7 @@ def append_passages(index: MilvusIndex, records: Sequence[tuple[str, str, str]],
     info = read_json(d / "manifest.json")
     if int(info.get("size", -1)) != len(index.ids):
         raise IncompatibleArtifactError(f"{d}: the index changed on disk since it was opened ({info.get('size')} "
-                                        "passages, this "
-                          f"process has {len(index.ids)}); reload it before appending")
+                                        f"passages, this process has {len(index.ids)}); reload it before appending")
     vecs = encoder.encode([join_title(t, x) for _, t, x in records], batch_size=batch_size, progress=progress,
                           desc="encoding passages")
     vecs = np.asarray(vecs, dtype=np.float32)

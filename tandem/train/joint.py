@@ -120,8 +120,7 @@ def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
             n += 1
     if not n:
         raise IncompatibleArtifactError(f"attention_dropout: {type(model).__name__} has no BERT-style attention "
-                                        "dropout to set "
-                          "(leave attention_dropout at -1 for this model)")
+                                        "dropout to set (leave attention_dropout at -1 for this model)")
     return n
 
 
