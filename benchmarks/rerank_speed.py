@@ -7,6 +7,11 @@ BM25 top candidates), same max length and batch size; one process, order rotated
 difference from the PyTorch scores.
 
     python benchmarks/rerank_speed.py --pairs 400 --max-length 160 --repeats 2
+    python benchmarks/rerank_speed.py --backends torch,torch-bf16 --st-bf16     # bf16 against bf16
+
+``--st-bf16`` adds ``CrossEncoder`` with its weights in bf16 (``model_kwargs={"torch_dtype": torch.bfloat16}``),
+the way its users get bf16; ``speedup_vs_st_same_precision`` then compares each tandem backend with the peer at
+its own precision.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="torch (fp32), torch-bf16, onnx, onnx-int8")
+    ap.add_argument("--st-bf16", action="store_true", help="also time CrossEncoder with bf16 weights")
     args = ap.parse_args()
 
     from sentence_transformers.cross_encoder import CrossEncoder
@@ -47,15 +53,18 @@ def main() -> None:
             ce = Reranker.from_pretrained(d).set_backend(b.removesuffix("-bf16"))
             ce.precision = "bf16" if b.endswith("-bf16") else "fp32"
             systems["tandem" if b == "torch" else f"tandem-{b}"] = ce
-        st = CrossEncoder(d, max_length=args.max_length, device=inference_device())  # tandem's device
-        names = [*systems, "sentence-transformers"]
+        import torch
+
+        sts = {"sentence-transformers": CrossEncoder(d, max_length=args.max_length, device=inference_device())}
+        if args.st_bf16:
+            sts["sentence-transformers-bf16"] = CrossEncoder(d, max_length=args.max_length, device=inference_device(),
+                                                             model_kwargs={"torch_dtype": torch.bfloat16})
+        names = [*systems, *sts]
 
         def score(name, items):
-            if name == "sentence-transformers":
-                import torch
-
+            if name in sts:
                 # raw logits, as tandem returns them (CrossEncoder applies a sigmoid by default for one label)
-                return np.asarray(st.predict(items, batch_size=args.batch_size, show_progress_bar=False,
+                return np.asarray(sts[name].predict(items, batch_size=args.batch_size, show_progress_bar=False,
                                              activation_fn=torch.nn.Identity())).reshape(-1)
             return systems[name].predict(items, batch_size=args.batch_size)
 
@@ -73,7 +82,10 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "rerank_speed", "pairs": len(pairs), "max_length": args.max_length, "batch_size": args.batch_size,
         "seconds": best, "pairs_per_s": {n: len(pairs) / t for n, t in best.items()},
-        "speedup_vs_st": {n: best["sentence-transformers"] / best[n] for n in systems},
+        "speedup_vs_st": {n: best["sentence-transformers"] / best[n] for n in names[1:]},
+        "speedup_vs_st_same_precision": {
+            n: best["sentence-transformers-bf16" if n.endswith("-bf16") else "sentence-transformers"] / best[n]
+            for n in systems if not n.endswith("-bf16") or "sentence-transformers-bf16" in best},
         "max_abs_diff_vs_torch": {n: float(np.abs(scores[n] - ref).max()) for n in names},
         "score_std": float(np.std(ref)), "device": device_name(),
     }, indent=2))

@@ -36,7 +36,7 @@ class Precision(str, Enum):
 @app.callback()
 def _global_options(precision: Precision = typer.Option(
         None, "--precision", envvar="TANDEM_PRECISION", show_default="auto",
-        help="Precision of PyTorch inference and training: auto (bf16 autocast where the hardware computes bf16 "
+        help="Precision of PyTorch inference and training: auto (bf16 where the hardware computes bf16 "
              "natively: a CUDA GPU, or a CPU with AVX-512 BF16 / AMX; else fp32), fp32 or bf16. A training "
              "config's `precision: fp32|bf16` wins for training.")) -> None:
     """tandem: train a dense retriever and a re-ranker together (RocketQAv2) and search with them."""

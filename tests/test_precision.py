@@ -1,4 +1,5 @@
-"""bf16 inference and training (autocast, fp32 weights): resolution of the setting, closeness to fp32, training."""
+"""bf16 inference (a bf16 copy of the weights) and training (autocast, fp32 weights): resolution of the setting,
+closeness to fp32, the copy's lifecycle, training."""
 
 from __future__ import annotations
 
@@ -45,6 +46,32 @@ def test_encoder_bf16_close_to_fp32(tiny_encoder):
     next(gen)
     assert not torch.is_autocast_enabled("cpu")  # the caller's code between chunks runs without autocast
     gen.close()
+
+
+def test_bf16_inference_copy_follows_the_weights_and_is_not_saved(tiny_encoder, tmp_path):
+    """Inference in bf16 runs a bf16 copy of the body, made once and remade after any change to the fp32
+    weights (an optimiser step, load_state_dict); the model's own weights stay fp32 and the copy is never saved."""
+    tiny_encoder.precision = "bf16"
+    v1 = tiny_encoder.encode(TEXTS)
+    copy1 = tiny_encoder.__dict__["_bf16_body"][1]
+    assert next(copy1.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in tiny_encoder.parameters())
+    assert not any("_bf16" in k for k in tiny_encoder.state_dict())
+    np.testing.assert_array_equal(tiny_encoder.encode(TEXTS), v1)
+    assert tiny_encoder.__dict__["_bf16_body"][1] is copy1  # unchanged weights: the same copy
+
+    opt = torch.optim.SGD(tiny_encoder.parameters(), lr=0.5)
+    tiny_encoder.embed(TEXTS).pow(2).sum().backward()
+    opt.step()
+    v2 = tiny_encoder.encode(TEXTS)
+    assert tiny_encoder.__dict__["_bf16_body"][1] is not copy1 and not np.allclose(v2, v1, atol=1e-3)
+    tiny_encoder.precision = "fp32"
+    cos = (v2 * tiny_encoder.encode(TEXTS)).sum(1) / np.linalg.norm(v2, axis=1)
+    assert (cos / np.linalg.norm(tiny_encoder.encode(TEXTS), axis=1)).min() > 0.999  # the copy is of the new weights
+
+    tiny_encoder.save(tmp_path / "enc")
+    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "enc" / "model.safetensors")
+    assert all(t.dtype != torch.bfloat16 for t in saved.values())
 
 
 @pytest.mark.parametrize("arch", ["cross", "gated"])

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tandem.io import read_json
 from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import POOLING_MODES, pool
-from tandem.utils import inference_autocast, progress_bar
+from tandem.utils import inference_body, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,13 @@ class Encoder(nn.Module):
         """Right-pad token ids into a batch on the model's device."""
         return pad_batch(ids, self.tokenizer.pad_token_id or 0, self.device)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, **kwargs) -> EncoderOutput:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, body: nn.Module | None = None,
+                **kwargs) -> EncoderOutput:
+        """``body``: the network to run instead of ``backbone`` (the bf16 copy :func:`inference_body` gives)."""
         if self.runtime is not None and not torch.is_grad_enabled():
             out = self.runtime(input_ids, attention_mask)
         else:
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            out = (body or self.backbone)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         reps = pool(out.last_hidden_state.float(), attention_mask, self.settings.pooling)  # (B, H), fp32 under autocast
         if self.settings.normalize:
             reps = nn.functional.normalize(reps, dim=-1)
@@ -209,8 +211,9 @@ class Encoder(nn.Module):
                     vecs = np.empty((len(chunk), self.dim), dtype=np.float32)
                     for b in range(0, len(order), batch_size):
                         sel = order[b : b + batch_size]
-                        with inference_autocast(self):  # per batch: the caller's code between yields runs as it is
-                            reps = self(**self.collate([ids[i] for i in sel])).reps
+                        body, context = inference_body(self, self.backbone)  # per batch: training between
+                        with context:  # yields (the recipe's validation) makes a new bf16 copy
+                            reps = self(**self.collate([ids[i] for i in sel]), body=body).reps
                         vecs[sel] = reps.float().cpu().numpy()
                         bar.update(len(sel))
                     yield start, vecs

@@ -21,7 +21,7 @@ from tandem.errors import IncompatibleArtifactError, ModelLoadError
 from tandem.io import read_json
 from tandem.models.encoder import pad_batch
 from tandem.models.hf import _load_errors, load_tokenizer, quiet_transformers, resolve_model
-from tandem.utils import inference_autocast, progress_bar
+from tandem.utils import inference_autocast, inference_body, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,30 @@ class Reranker(nn.Module):
             types.append([0] * (len(q) + 2) + [1] * (len(p) + 1))
         return pad_batch(ids, self.tokenizer.pad_token_id or 0, self.device, token_types=types)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                body: nn.Module | None = None) -> Tensor:
+        """``body``: the network to run instead of ``model`` (the bf16 copy :func:`inference_body` gives)."""
         if self.runtime is not None and not torch.is_grad_enabled():
             out = self.runtime(input_ids, attention_mask, token_type_ids)
         else:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            out = (body or self.model)(input_ids=input_ids, attention_mask=attention_mask,
+                                       token_type_ids=token_type_ids)
         return out.logits.squeeze(-1)  # (N,)
 
-    def score(self, queries: Sequence[str], passages: Sequence[str]) -> Tensor:
+    def score(self, queries: Sequence[str], passages: Sequence[str], **kwargs) -> Tensor:
         """Logits (N,) for N pairs, with gradients."""
-        return self(**self.tokenize(queries, passages))
+        return self(**self.tokenize(queries, passages), **kwargs)
+
+    def _inference(self):
+        """``(kwargs for score, context)`` of one inference batch: a plain classifier runs a bf16 copy of its
+        weights where the precision is bf16 (:func:`inference_body`); other architectures, whose forward mixes
+        its own fp32 terms, run under bf16 autocast."""
+        from tandem.models.architectures import architecture
+
+        if architecture(self.settings.architecture).plain_classifier:
+            body, context = inference_body(self, self.model)
+            return {"body": body}, context
+        return {}, inference_autocast(self)
 
     @torch.inference_mode()
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -137,8 +151,9 @@ class Reranker(nn.Module):
             with progress_bar(len(pairs), "re-ranking", progress, unit="pair") as bar:
                 for b in range(0, len(order), batch_size):
                     sel = order[b : b + batch_size]
-                    with inference_autocast(self):
-                        logits = self.score([pairs[i][0] for i in sel], [pairs[i][1] for i in sel])
+                    kwargs, context = self._inference()
+                    with context:
+                        logits = self.score([pairs[i][0] for i in sel], [pairs[i][1] for i in sel], **kwargs)
                     out[sel] = logits.float().cpu().numpy()
                     bar.update(len(sel))
         finally:
