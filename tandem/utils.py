@@ -108,11 +108,16 @@ def inference_body(model, body):
 
     import torch
 
-    key = tuple((id(t), t._version) for t in itertools.chain(body.parameters(), body.buffers()))
+    tensors = list(itertools.chain(body.parameters(), body.buffers()))
+    key = tuple((id(t), t._version) for t in tensors)
     cached = model.__dict__.get("_bf16_body")
     if cached is None or cached[0] != key:
         model.__dict__["_bf16_body"] = None  # the old copy goes before the new one is made
-        cached = (key, copy.deepcopy(body).to(torch.bfloat16).eval())
+        with torch.no_grad():  # each tensor cast straight to bf16: no fp32 copy of the body is ever made
+            memo = {id(t): (torch.nn.Parameter(t.to(torch.bfloat16), requires_grad=False)
+                            if isinstance(t, torch.nn.Parameter) else t.to(torch.bfloat16) if t.is_floating_point()
+                            else t.clone()) for t in tensors}
+        cached = (key, copy.deepcopy(body, memo).eval())
         model.__dict__["_bf16_body"] = cached
     return cached[1], contextlib.nullcontext()
 
