@@ -622,7 +622,9 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
     """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan)."""
     from tandem.data import load_beir, resolve_dataset
     from tandem.train.distributed import world
+    from tandem.utils import set_bf16_inference_copy
 
+    set_bf16_inference_copy(False)  # stages train and infer in one process: autocast, no second copy of weights
     t_start = time.perf_counter()
     out = Path(out)
     val = None

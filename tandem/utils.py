@@ -94,6 +94,17 @@ def autocast(precision: str | None, device):
     return contextlib.nullcontext()
 
 
+_BF16_COPY = {"enabled": True}
+
+
+def set_bf16_inference_copy(enabled: bool) -> None:
+    """Whether bf16 inference runs a bf16 copy of the weights (the default: the inference commands) or bf16
+    autocast over the fp32 weights. The recipe turns the copy off: its stages interleave training and inference
+    in one process, where the copy bought the demo no wall time (501 s against 498 s, NFCorpus, AMX Xeon) and
+    raised its peak resident memory (2.70 GB against 2.90-3.07 GB)."""
+    _BF16_COPY["enabled"] = bool(enabled)
+
+
 def inference_body(model, body):
     """``(module, context)`` for one PyTorch inference batch of a loaded encoder or re-ranker ``model`` whose
     network is ``body``. Where :func:`resolve_precision` says bf16, the module is a bf16 copy of ``body``
@@ -104,6 +115,8 @@ def inference_body(model, body):
     trained. ONNX Runtime models (``model.runtime``) get ``body`` and no context."""
     if model.runtime is not None or resolve_precision(model.precision, model.device) != "bf16":
         return body, contextlib.nullcontext()
+    if not _BF16_COPY["enabled"]:
+        return body, autocast(model.precision, model.device)
     import copy
 
     import torch

@@ -69,6 +69,17 @@ def test_bf16_inference_copy_follows_the_weights_and_is_not_saved(tiny_encoder, 
     cos = (v2 * tiny_encoder.encode(TEXTS)).sum(1) / np.linalg.norm(v2, axis=1)
     assert (cos / np.linalg.norm(tiny_encoder.encode(TEXTS), axis=1)).min() > 0.999  # the copy is of the new weights
 
+    from tandem.utils import set_bf16_inference_copy
+
+    set_bf16_inference_copy(False)  # as the recipe runs: autocast over the fp32 weights, no copy made
+    try:
+        tiny_encoder.__dict__.pop("_bf16_body")
+        tiny_encoder.precision = "bf16"
+        v3 = tiny_encoder.encode(TEXTS)
+        assert "_bf16_body" not in tiny_encoder.__dict__
+        assert ((v3 * v2).sum(1) / (np.linalg.norm(v3, axis=1) * np.linalg.norm(v2, axis=1))).min() > 0.999
+    finally:
+        set_bf16_inference_copy(True)
     tiny_encoder.save(tmp_path / "enc")
     saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "enc" / "model.safetensors")
     assert all(t.dtype != torch.bfloat16 for t in saved.values())
