@@ -619,12 +619,21 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
 
 
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
-    """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan)."""
-    from tandem.data import load_beir, resolve_dataset
-    from tandem.train.distributed import world
+    """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan). Its stages train and
+    infer in one process, so bf16 inference runs under autocast while it runs (no second copy of the weights;
+    :func:`tandem.utils.set_bf16_inference_copy`), and the process's setting is restored after."""
     from tandem.utils import set_bf16_inference_copy
 
-    set_bf16_inference_copy(False)  # stages train and infer in one process: autocast, no second copy of weights
+    before = set_bf16_inference_copy(False)
+    try:
+        return _run_recipe(cfg, out, progress, dry_run)
+    finally:
+        set_bf16_inference_copy(before)
+
+
+def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: bool) -> dict[str, Any]:
+    from tandem.data import load_beir, resolve_dataset
+    from tandem.train.distributed import world
     t_start = time.perf_counter()
     out = Path(out)
     val = None
