@@ -634,6 +634,7 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_ru
 def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: bool) -> dict[str, Any]:
     from tandem.data import load_beir, resolve_dataset
     from tandem.train.distributed import world
+
     t_start = time.perf_counter()
     out = Path(out)
     val = None

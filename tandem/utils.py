@@ -118,7 +118,7 @@ def inference_body(model, body):
     if model.runtime is not None or resolve_precision(model.precision, model.device) != "bf16":
         return body, contextlib.nullcontext()
     if not _BF16_COPY["enabled"]:
-        return body, autocast(model.precision, model.device)
+        return body, inference_autocast(model)
     import copy
 
     import torch

@@ -34,14 +34,17 @@ def test_resolution(monkeypatch):
         assert not torch.is_autocast_enabled("cpu")
 
 
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
 def test_encoder_bf16_close_to_fp32(tiny_encoder):
     tiny_encoder.precision = "fp32"
     v32 = tiny_encoder.encode(TEXTS)
     tiny_encoder.precision = "bf16"
     v16 = tiny_encoder.encode(TEXTS)
     assert v16.dtype == np.float32 and not np.array_equal(v16, v32)  # it did run in bf16
-    cos = (v16 * v32).sum(1) / np.linalg.norm(v16, axis=1) / np.linalg.norm(v32, axis=1)
-    assert cos.min() > 0.999
+    assert _cosines(v16, v32).min() > 0.999
     gen = tiny_encoder.iter_encode(TEXTS, chunk_size=2)
     next(gen)
     assert not torch.is_autocast_enabled("cpu")  # the caller's code between chunks runs without autocast
@@ -66,8 +69,7 @@ def test_bf16_inference_copy_follows_the_weights_and_is_not_saved(tiny_encoder, 
     v2 = tiny_encoder.encode(TEXTS)
     assert tiny_encoder.__dict__["_bf16_body"][1] is not copy1 and not np.allclose(v2, v1, atol=1e-3)
     tiny_encoder.precision = "fp32"
-    cos = (v2 * tiny_encoder.encode(TEXTS)).sum(1) / np.linalg.norm(v2, axis=1)
-    assert (cos / np.linalg.norm(tiny_encoder.encode(TEXTS), axis=1)).min() > 0.999  # the copy is of the new weights
+    assert _cosines(v2, tiny_encoder.encode(TEXTS)).min() > 0.999  # the copy is of the new weights
 
     from tandem.utils import set_bf16_inference_copy
 
@@ -77,12 +79,13 @@ def test_bf16_inference_copy_follows_the_weights_and_is_not_saved(tiny_encoder, 
         tiny_encoder.precision = "bf16"
         v3 = tiny_encoder.encode(TEXTS)
         assert "_bf16_body" not in tiny_encoder.__dict__
-        assert ((v3 * v2).sum(1) / (np.linalg.norm(v3, axis=1) * np.linalg.norm(v2, axis=1))).min() > 0.999
+        assert _cosines(v3, v2).min() > 0.999
     finally:
         set_bf16_inference_copy(True)
     tiny_encoder.save(tmp_path / "enc")
-    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "enc" / "model.safetensors")
-    assert all(t.dtype != torch.bfloat16 for t in saved.values())
+    from safetensors.torch import load_file
+
+    assert all(t.dtype != torch.bfloat16 for t in load_file(tmp_path / "enc" / "model.safetensors").values())
 
 
 @pytest.mark.parametrize("arch", ["cross", "gated"])
