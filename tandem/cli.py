@@ -201,9 +201,9 @@ def bm25(data: str = DataOpt,
          k: int = typer.Option(1000, "--k", min=1, help="Passages per query."),
          k1: float = typer.Option(1.5, help="BM25 k1."),
          b: float = typer.Option(0.75, help="BM25 b."),
-         stemmer: Optional[str] = typer.Option(None, help="Snowball stemmer name, e.g. english (needs PyStemmer)."),
+         stemmer: str = typer.Option("english", help="Snowball stemmer name (PyStemmer), or none for no stemming."),
          progress: bool = ProgressOpt) -> None:
-    """BM25 (bm25s, Lucene scoring, English stopwords) over the corpus; writes a TREC run."""
+    """BM25 (bm25s, Lucene scoring, English stopwords, English stemming) over the corpus; writes a TREC run."""
     from tandem.data import write_run
     from tandem.index.bm25 import BM25, BM25Settings
     from tandem.io import manifest, write_json

@@ -51,6 +51,7 @@ class MineSettings:
     top_n: int = _f(50, "candidates kept per training query")
     dense: bool = _f(True, "retrieve with the dense retriever")
     bm25: bool = _f(False, "retrieve with BM25 (with dense too: merged by reciprocal rank fusion)")
+    bm25_stemmer: str = _f("english", "BM25's Snowball stemmer (PyStemmer), or none")
     split: str = _f("train", "qrels split of the training queries")
     denoise_by: str = _f("prob", "prob: thresholds on calibrated probabilities; rank: cuts on the re-ranker's ranks")
     low: float = _f(0.1, "prob mode: candidates below this probability are denoised negatives")
@@ -97,7 +98,13 @@ class MineSettings:
             raise ConfigError("; ".join(problems))
 
     def retrieval_key(self) -> dict:
-        return {"top_n": self.top_n, "dense": self.dense, "bm25": self.bm25, "split": self.split}
+        key = {"top_n": self.top_n, "dense": self.dense, "bm25": self.bm25, "split": self.split}
+        if self.bm25:
+            from tandem.index.bm25 import stemmer_name
+
+            stem = stemmer_name(self.bm25_stemmer)
+            key.update({"bm25_stemmer": stem} if stem else {})  # unstemmed: the key of candidates mined before
+        return key
 
 
 @dataclass
@@ -205,9 +212,9 @@ class _Searchers:
             index, encoder = load_index_and_encoder(index_dir)
             self.dense = index, encoder.set_backend(self.backend)
         if self.settings.bm25:
-            from tandem.index.bm25 import BM25
+            from tandem.index.bm25 import BM25, BM25Settings
 
-            self.bm25 = BM25(self.ds.corpus)
+            self.bm25 = BM25(self.ds.corpus, BM25Settings(stemmer=self.settings.bm25_stemmer))
 
     def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict]:
         from tandem.index.dense import dense_search

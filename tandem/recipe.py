@@ -115,6 +115,8 @@ class RecipeConfig:
     rerank_k: int = _f(20, "candidates the joint re-ranker re-scores per test query (the deepest tried)")
     rerank_depths: list = _f(None, "re-ranking depths tried on validation, the best used on test (default: "
                                    "[rerank_k]); a depth must be <= rerank_k")
+    bm25_stemmer: str = _f("english", "BM25's Snowball stemmer (PyStemmer), or none: measured better stemmed on both "
+                                      "datasets (BENCHMARKS.md)")
     hybrid: bool = _f(True, "also report the hybrid first stage: BM25 + joint retriever, reciprocal rank fusion")
     hybrid_rerank: bool = _f(True, "with hybrid: also re-rank the hybrid top rerank_k with the joint re-ranker "
                                    "(pairs shared with the dense top-k are scored once; ~45% more pairs)")
@@ -781,7 +783,7 @@ class _Runner:
     def run_all(self, data_key: str) -> None:
         self.data_dir = data_key
         from tandem.data import read_run, write_run
-        from tandem.index.bm25 import BM25
+        from tandem.index.bm25 import BM25, BM25Settings, stemmer_name
         from tandem.index.dense import build_index, load_index_and_encoder
         from tandem.index.fusion import fuse_runs
         from tandem.models.encoder import Encoder
@@ -791,12 +793,13 @@ class _Runner:
         vkey = {"validation": self.val.key}
 
         def bm25(d: Path) -> None:
-            index = BM25(self.train_ds.corpus, progress=self.progress)
+            index = BM25(self.train_ds.corpus, BM25Settings(stemmer=cfg.bm25_stemmer), progress=self.progress)
             write_run(d / "run.trec", index.search(tq, 1000))
             if vq:
                 write_run(d / "val.trec", index.search(vq, 1000))
 
-        st.run("bm25", {"data": data_key, **vkey}, bm25)
+        stem = stemmer_name(cfg.bm25_stemmer)
+        st.run("bm25", {"data": data_key, **vkey, **({"stemmer": stem} if stem else {})}, bm25)
         self._system("bm25", "bm25")
         from tandem.data.dataset import corpus_file
 

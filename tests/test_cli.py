@@ -94,14 +94,17 @@ def test_bad_input_exits_nonzero_without_traceback(tmp_path, tiny_dataset):
 
 @pytest.mark.slow
 def test_scifact_bm25_reference(tmp_path):
-    """BM25 on SciFact test reproduces the reference nDCG@10 0.662 (../shared/data/README.md) within 0.01."""
+    """BM25 on SciFact test: unstemmed it reproduces the reference nDCG@10 0.662 (../shared/data/README.md) within
+    0.01; the default, English stemming, gives the 0.686 measured in BENCHMARKS.md ("BM25 with stemming")."""
     env = {"TANDEM_DATA": str(SCIFACT.parent)}
     tandem("data", "check", "scifact", env=env)
-    tandem("bm25", "--data", "scifact", "--split", "test", "--out", tmp_path / "bm25.trec", env=env)
-    res = json.loads(tandem("evaluate", tmp_path / "bm25.trec", "--qrels", SCIFACT / "qrels" / "test.tsv",
-                            "--json").stdout)
-    assert abs(res["nDCG@10"] - 0.662) <= 0.01
-    assert abs(res["R@100"] - 0.876) <= 0.01
+    for stem, ndcg, recall in (("none", 0.662, 0.876), (None, 0.686, 0.913)):
+        out = tmp_path / f"bm25-{stem}.trec"
+        tandem("bm25", "--data", "scifact", "--split", "test", "--out", out, *(["--stemmer", stem] if stem else []),
+               env=env)
+        res = json.loads(tandem("evaluate", out, "--qrels", SCIFACT / "qrels" / "test.tsv", "--json").stdout)
+        assert abs(res["nDCG@10"] - ndcg) <= 0.01, (stem, res)
+        assert abs(res["R@100"] - recall) <= 0.01, (stem, res)
 
 
 def test_python_api_is_one_import_away():

@@ -277,3 +277,35 @@ def test_bm25_does_not_wake_jax(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code.replace("import jax\n", "")], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0 and not marker.exists(), proc.stderr  # ... but bm25s never imported it
+
+
+def test_bm25_stems_by_default_and_none_turns_it_off(tmp_path):
+    """English stemming is the default (a query's "proteins" finds "protein"); none gives the unstemmed index;
+    an unknown stemmer is a ConfigError at construction; the CLI's --stemmer reaches the run's manifest."""
+    from typer.testing import CliRunner
+
+    from tandem.cli import app
+    from tandem.data.types import Corpus
+    from tandem.errors import ConfigError
+    from tandem.index.bm25 import BM25, BM25Settings
+
+    c = Corpus.from_records([("a", "", "protein folding in cells"), ("b", "", "cancer virus"), ("c", "", "sleep")])
+    assert BM25Settings().stemmer == "english" and BM25Settings(stemmer="none").stemmer is None
+    assert list(BM25(c).search({"q": "proteins folded"}, k=3)["q"]) == ["a"]
+    assert BM25(c, BM25Settings(stemmer="none")).search({"q": "proteins folded"}, k=3)["q"] == {}
+    assert BM25(c).describe()["stemmer"] == "english"
+    with pytest.raises(ConfigError, match="unknown stemmer 'klingon'"):
+        BM25(c, BM25Settings(stemmer="klingon"))
+    data = tmp_path / "d"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n"
+                                               for i, t in [("a", "protein folding"), ("b", "cancer virus")]))
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "proteins"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\ta\t1\n")
+    for stem, hits in (("english", 1), ("none", 0)):
+        out = tmp_path / f"{stem}.trec"
+        res = CliRunner().invoke(app, ["bm25", "--data", str(data), "--out", str(out), "--stemmer", stem])
+        assert res.exit_code == 0, res.output
+        assert len(out.read_text().splitlines()) == hits
+        assert json.loads((tmp_path / f"{stem}.trec.json").read_text())["settings"]["stemmer"] == (
+            None if stem == "none" else stem)
