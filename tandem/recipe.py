@@ -109,6 +109,9 @@ class RecipeConfig:
     low_from_positives: float = _f(0.0, "denoising, if > 0: low = this quantile of the held-out labelled positives' "
                                         "probabilities (chosen on held-out queries instead of fixed)")
     reranker_arch: str = _f("gated", "re-ranker built on the body: gated (cold-start safe) or cross")
+    lexical_fit_queries: int = _f(100, "gated re-ranker: after its warm-up, its lexical weight is chosen by re-ranking "
+                                       "the first-stage top-k of this many training queries (never validation "
+                                       "ones) with each weight on a grid (0: off; tandem.train.lexical)")
     reranker: str = _f("", "a trained cross-encoder to start the re-ranker from (Hugging Face id or directory, e.g. "
                            "cross-encoder/ms-marco-MiniLM-L-6-v2, or a sentence-transformers CrossEncoder "
                            "directory); default: grow one from the retriever")
@@ -365,11 +368,14 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
             + ("c" in scorers) * n_val * max(rerank_depths(cfg)) / pairs
         return evals * per
 
+    lexical_fit = (min(cfg.lexical_fit_queries, n_train) * cfg.top_n / pairs + 5
+                   if cfg.lexical_fit_queries > 0 and not cfg.reranker and cfg.reranker_arch == "gated" else 0.0)
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
            "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
-           + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c"),
+           + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c")
+           + lexical_fit,
            "denoise": ((denoised_queries(cfg, n_train) * (cfg.denoise_top or cfg.top_n)
                         + calibration_queries(cfg, n_train) * (min(positives, calibration_positives)
                                                                if calibration_positives else positives))
@@ -843,8 +849,11 @@ class _Runner:
             if self._adopt(warm, "retriever warm-up"):
                 start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
                 start_system = warm
+        fit = cfg.lexical_fit_queries > 0 and not cfg.reranker and cfg.reranker_arch == "gated"
         self._train("warmup", "reranker", cfg.warmup_steps, None, cfg.reranker or start,
-                    after=("lists", *(() if cfg.reranker else start_after)), first_stage=start_system)
+                    after=("lists", *(() if cfg.reranker else start_after)), first_stage=start_system,
+                    post=self._fit_lexical if fit else None,
+                    post_key={"lexical_fit_queries": cfg.lexical_fit_queries} if fit else None)
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"
@@ -970,7 +979,8 @@ class _Runner:
         self._system(system, f"{trained}-index", start=start)
 
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists",
-               shape_of: str = "", first_stage: str = "") -> None:
+               shape_of: str = "", first_stage: str = "", post: Callable[[Path], dict | None] | None = None,
+               post_key: dict | None = None) -> None:
         """A training stage; ``shape_of`` takes another stage's own settings (``joint``: its lists, batch, loss
         options) in place of this one's. With ``val_every``, its models are validated while it trains and each
         keeps its best state; a re-ranker is validated over system ``first_stage``'s validation run."""
@@ -997,16 +1007,50 @@ class _Runner:
                            retriever=retriever, reranker=reranker, overrides=overrides, resume=True,
                            progress=self.progress, validator=validator() if validator else None)
             if self.stages.rank == 0:
+                after_training = post(d) if post else None  # (before result.json: a kill here reruns it)
                 write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
                                                "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
                                                "final_losses": result.final_losses,
-                                               "validation": result.validation})
+                                               "validation": result.validation,
+                                               **({"lexical_fit": after_training} if after_training else {})})
 
         # subtle: a killed training stage has no done.json but keeps its checkpoints; train(resume=True) continues
         self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker,
-                               "lists": lists, **settings},
+                               "lists": lists, **settings, **(post_key or {})},
                         fn, after=after, every_rank=True)
         self._stage_validation(name)
+        fit = (read_json(self.out / name / "result.json").get("lexical_fit")
+               if post and (self.out / name / "result.json").exists() else None)
+        if fit:
+            self.decisions.append(
+                f"{name} re-ranker: lexical weight {fit['w_before']:.3f} -> {fit['w_after']:g}, chosen by re-ranking "
+                f"the first-stage top-{self.cfg.top_n} of {fit['queries']} training queries (nDCG@10 "
+                f"{fit['ndcg_before']:.4f} -> {fit['ndcg_after']:.4f})")
+            log.info("%s", self.decisions[-1])
+
+    def _fit_lexical(self, d: Path) -> dict | None:
+        """The warmed-up gated re-ranker's lexical weight chosen on training queries' first-stage top-k (the
+        candidates the lists were mined from), saved in place (:mod:`tandem.train.lexical`)."""
+        from tandem.io import atomic_dir, iter_jsonl
+        from tandem.models.reranker import Reranker
+        from tandem.train.lexical import fit_lexical_weight
+        from tandem.train.lists import first_by_hash, heldout_qids
+
+        reranker = Reranker.from_pretrained(d / "reranker")
+        if getattr(reranker, "lexical", None) != "bounded":
+            return None  # a plain cross-encoder (or a gated one saved with the raw feature) has no bounded weight
+        candidates = {e["qid"]: [c["pid"] for c in sorted(e["candidates"], key=lambda c: c["rank"])]
+                      for _, e in iter_jsonl(self.out / "lists" / "lists.mine" / "candidates.jsonl")}
+        qrels = self.train_ds.qrels
+        held = heldout_qids([q for q in qrels if q in self.train_ds.queries], self.cfg.heldout_fraction)
+        pool = [q for q in candidates if q in qrels and q in self.train_ds.queries and q not in held
+                and q not in self.val.queries]
+        chosen = first_by_hash(pool, self.cfg.lexical_fit_queries, salt="tandem-lexical-fit")
+        fit = fit_lexical_weight(reranker, {q: self.train_ds.queries[q] for q in chosen}, candidates, qrels,
+                                 self.train_ds.corpus, progress=self.progress)
+        with atomic_dir(d / "reranker") as tmp:
+            reranker.save(tmp)
+        return {**fit, "qids": chosen}
 
     def _stage_validation(self, name: str) -> None:
         """The decisions of ``keep_best`` inside stage ``name`` (which step of each model was kept), for the log

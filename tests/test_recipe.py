@@ -46,6 +46,19 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
                for e in json.loads(l)["negatives"]}
     assert sources == {"undenoised", "denoised"}
     assert json.loads((out / "joint" / "done.json").read_text())["settings"]["lists"] == "denoise"
+    # the warmed-up gated re-ranker's lexical weight was chosen on training queries outside validation, and saved
+    fit = json.loads((out / "warmup" / "result.json").read_text())["lexical_fit"]
+    from tandem.data import load_beir
+    from tandem.train.lists import heldout_qids
+
+    train_ds = load_beir(tiny_dataset, "train")
+    held = heldout_qids([q for q in train_ds.qrels if q in train_ds.queries], 0.2)
+    assert fit["queries"] == len(fit["qids"]) > 0 and fit["ndcg_after"] >= fit["ndcg_before"]
+    assert held and not held & set(fit["qids"])  # (validation queries are excluded the same way)
+    from tandem.models.reranker import Reranker
+
+    assert float(Reranker.from_pretrained(out / "warmup" / "reranker").w_lex.detach()) == fit["w_after"]
+    assert any(d.startswith("warmup re-ranker: lexical weight") for d in saved["decisions"])
     # a second run with the same settings skips every stage
     caplog.clear()
     with caplog.at_level("INFO", logger="tandem.recipe"):
