@@ -1,17 +1,19 @@
 """BM25 with and without Snowball English stemming, alone and fused with the zero-shot retriever (issue 18).
 
-For each dataset: the reported split (SciFact test, NFCorpus dev) and the recipe's validation queries (the demo
+For each dataset: the reported split (SciFact test, NFCorpus dev), the recipe's validation queries (the demo
 config's: the dev split where it is not the reported one, else the held-out training queries, the ones the
-recipe chooses settings on). BM25 at a few (k1, b), each with and without stemming; the hybrid is BM25 + the
-zero-shot retriever by reciprocal rank fusion (k = 60), the recipe's `hybrid-zero-shot`. Paired randomisation
-tests over queries, stemmed minus unstemmed at the default (k1, b), per dataset and pooled over the two
-datasets' validation queries (the decision: choose on validation, never on a reported split).
+recipe chooses settings on) and all training queries (no training-free system has seen any of them, so for
+BM25 and the zero-shot model each is a held-out query). BM25 at a few (k1, b), each with and without
+stemming; the hybrid is BM25 + the zero-shot retriever by reciprocal rank fusion (k = 60), the recipe's
+`hybrid-zero-shot`. Paired randomisation tests over queries, stemmed minus unstemmed at the default (k1, b),
+per dataset and pooled over the two datasets' validation queries and over their training queries (the
+decision: choose on held-out queries, never on a reported split).
 
-    python benchmarks/bm25_stemming.py --data scifact --zero-shot runs/sf-s1/zero-shot \
-        --data nfcorpus --zero-shot runs/nf-s1/zero-shot --out runs/bench/bm25_stemming.json
+    python benchmarks/bm25_stemming.py --data scifact --index runs/sf-s1/zs-index/index \
+        --data nfcorpus --index runs/nf-s1/zs-index/index --out runs/bench/bm25_stemming.json
 
-`--zero-shot DIR` reuses a recipe's zero-shot runs (`run.trec` on the reported split, `val.trec` on its
-validation queries); without it the zero-shot model encodes the corpus at the demo's 128 passage tokens.
+`--index DIR` searches a recipe's zero-shot index; without it the zero-shot model encodes the corpus here at
+the demo's 128 passage tokens (and 32 query tokens).
 """
 
 from __future__ import annotations
@@ -32,27 +34,27 @@ def _per_query(run, qrels) -> dict[str, float]:
     return {q: m["nDCG@10"] for q, m in evaluate_per_query(run, qrels, ["nDCG@10"]).items()}
 
 
-def _zero_shot(name: str, directory: Path, ds, val, given: str | None):
-    from tandem.data import read_run
-
-    if given:
-        return read_run(Path(given) / "run.trec"), read_run(Path(given) / "val.trec")
+def _zero_shot(name: str, ds, query_sets: list[dict], index_dir: str | None) -> list[dict]:
+    """The zero-shot retriever's top-1000 for each query set: from a built index (a recipe's ``zs-index/index``)
+    or encoding the corpus here at the demo's 128 passage tokens."""
     import tempfile
 
     from tandem.index.dense import build_index, dense_search, load_index_and_encoder
     from tandem.models.retriever import Retriever
 
     t = time.perf_counter()
-    r = Retriever.from_pretrained(None, query_max_length=32, passage_max_length=128)
     with tempfile.TemporaryDirectory() as tmp:
-        build_index(ds.corpus, Path(tmp) / "index", r.passage_tower())
-        index, encoder = load_index_and_encoder(Path(tmp) / "index")
-        runs = [dense_search(index, encoder, q, 1000) for q in (ds.split_queries(), val.queries)]
-    print(f"{name}: zero-shot encoded in {time.perf_counter() - t:.0f} s", flush=True)
-    return runs[0], runs[1]
+        if not index_dir:
+            index_dir = str(Path(tmp) / "index")
+            r = Retriever.from_pretrained(None, query_max_length=32, passage_max_length=128)
+            build_index(ds.corpus, index_dir, r.passage_tower())
+        index, encoder = load_index_and_encoder(index_dir)
+        runs = [dense_search(index, encoder, q, 1000) for q in query_sets]
+    print(f"{name}: zero-shot runs in {time.perf_counter() - t:.0f} s", flush=True)
+    return runs
 
 
-def one_dataset(name: str, zero_shot: str | None) -> dict:
+def one_dataset(name: str, index_dir: str | None) -> dict:
     from tandem.data import load_beir, resolve_dataset
     from tandem.index.bm25 import BM25, BM25Settings
     from tandem.index.fusion import fuse_runs
@@ -64,8 +66,11 @@ def one_dataset(name: str, zero_shot: str | None) -> dict:
     train = load_beir(directory, cfg.train_split)
     ds = load_beir(directory, split, corpus=train.corpus)
     val = choose_validation(cfg, directory, train, split)
-    zs_eval, zs_val = _zero_shot(name, directory, ds, val, zero_shot)
-    where = {"eval": (ds.split_queries(), ds.qrels, zs_eval), "val": (val.queries, val.qrels, zs_val)}
+    # the training-free systems have seen no training query: every one of them is held out for them
+    all_train = {q: train.queries[q] for q in train.qrels if q in train.queries}
+    zs_eval, zs_val, zs_train = _zero_shot(name, ds, [ds.split_queries(), val.queries, all_train], index_dir)
+    where = {"eval": (ds.split_queries(), ds.qrels, zs_eval), "val": (val.queries, val.qrels, zs_val),
+             "train": (all_train, train.qrels, zs_train)}
     out = {"split": split, "validation": val.why, "systems": {}, "per_query": {}}
     for stem in ("english", None):
         for k1, b in SETTINGS:
@@ -82,7 +87,7 @@ def one_dataset(name: str, zero_shot: str | None) -> dict:
             out["systems"][tag] = row
             print(f"{name} {tag}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items())
                   + f" ({time.perf_counter() - t:.1f} s)", flush=True)
-    for part in ("eval", "val"):
+    for part in where:
         out["per_query"][f"zero-shot {part}"] = _per_query(where[part][2], where[part][1])
     return out
 
@@ -92,29 +97,32 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", action="append", required=True, help="a dataset name or directory (repeatable)")
-    ap.add_argument("--zero-shot", action="append", default=None,
-                    help="a recipe's zero-shot stage directory, one per --data in order (else encoded here)")
+    ap.add_argument("--index", action="append", default=None,
+                    help="a zero-shot index (a recipe's zs-index/index), one per --data in order (else encoded here)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    given = args.zero_shot or [None] * len(args.data)
+    given = args.index or [None] * len(args.data)
     if len(given) != len(args.data):
-        ap.error("give --zero-shot once per --data, or not at all")
-    result, tests, pooled = {}, {}, {"bm25": ({}, {}), "hybrid": ({}, {})}
+        ap.error("give --index once per --data, or not at all")
+    result, tests, pooled = {}, {}, {(s, p): ({}, {}) for s in ("bm25", "hybrid")
+                                                    for p in ("val", "train")}
     default = f"k1={SETTINGS[0][0]} b={SETTINGS[0][1]}"
     for name, zs in zip(args.data, given):
         r = result[name] = one_dataset(name, zs)
         pq = r["per_query"]
         for system in ("bm25", "hybrid"):
-            for part in ("eval", "val"):
+            for part in ("eval", "val", "train"):
                 a, b = pq[f"stemmed {default} {system} {part}"], pq[f"unstemmed {default} {system} {part}"]
                 tests[f"{name} {system} {part}: stemmed - unstemmed"] = paired_test(a, b)
-            pooled[system][0].update({(name, q): v for q, v in pq[f"stemmed {default} {system} val"].items()})
-            pooled[system][1].update({(name, q): v for q, v in pq[f"unstemmed {default} {system} val"].items()})
-        for part in ("eval", "val"):
+            for part in ("val", "train"):
+                for j, kind in enumerate(("stemmed", "unstemmed")):
+                    pooled[(system, part)][j].update({(name, q): v for q, v in pq[f"{kind} {default} {system} {part}"]
+                                                      .items()})
+        for part in ("eval", "val", "train"):
             tests[f"{name} hybrid {part}: stemmed hybrid - zero-shot"] = paired_test(
                 pq[f"stemmed {default} hybrid {part}"], pq[f"zero-shot {part}"])
-    for system, (a, b) in pooled.items():
-        tests[f"pooled validation {system}: stemmed - unstemmed"] = paired_test(a, b)
+    for (system, part), (a, b) in pooled.items():
+        tests[f"both datasets pooled, {system} {part}: stemmed - unstemmed"] = paired_test(a, b)
     for key, t in tests.items():
         print(f"{key}: {t['diff']:+.4f} (p = {t['p']:.4f}; {t['wins']} / {t['losses']}; n = {t['n']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
