@@ -189,6 +189,12 @@ class RecipeConfig:
             return "warmup"
         return ""
 
+    @property
+    def fits_lexical_weight(self) -> bool:
+        """Whether the re-ranker warm-up ends with the lexical-weight fit: asked for, and a gated re-ranker grown
+        here (a given cross-encoder has no such weight)."""
+        return self.lexical_fit_queries > 0 and not self.reranker and self.reranker_arch == "gated"
+
     def stage_shape(self, stage: str) -> tuple[int, int]:
         """(lists per step, passages per list) of a training stage."""
         o = self.train_overrides("", 0, stage)
@@ -368,8 +374,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
             + ("c" in scorers) * n_val * max(rerank_depths(cfg)) / pairs
         return evals * per
 
-    lexical_fit = (min(cfg.lexical_fit_queries, n_train) * cfg.top_n / pairs + 5
-                   if cfg.lexical_fit_queries > 0 and not cfg.reranker and cfg.reranker_arch == "gated" else 0.0)
+    lexical_fit = min(cfg.lexical_fit_queries, n_train) * cfg.top_n / pairs + 5 if cfg.fits_lexical_weight else 0.0
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
@@ -849,11 +854,13 @@ class _Runner:
             if self._adopt(warm, "retriever warm-up"):
                 start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
                 start_system = warm
-        fit = cfg.lexical_fit_queries > 0 and not cfg.reranker and cfg.reranker_arch == "gated"
+        fit = cfg.fits_lexical_weight
         self._train("warmup", "reranker", cfg.warmup_steps, None, cfg.reranker or start,
                     after=("lists", *(() if cfg.reranker else start_after)), first_stage=start_system,
                     post=self._fit_lexical if fit else None,
                     post_key={"lexical_fit_queries": cfg.lexical_fit_queries} if fit else None)
+        if fit:
+            self._lexical_decision("warmup")
         lists_stage = "lists"
         if cfg.denoise:
             lists_stage = "denoise"
@@ -979,11 +986,12 @@ class _Runner:
         self._system(system, f"{trained}-index", start=start)
 
     def _train(self, name: str, mode: str, steps: int, retriever, reranker, after, lists: str = "lists",
-               shape_of: str = "", first_stage: str = "", post: Callable[[Path], dict | None] | None = None,
+               shape_of: str = "", first_stage: str = "", post: Callable[[Path], dict] | None = None,
                post_key: dict | None = None) -> None:
         """A training stage; ``shape_of`` takes another stage's own settings (``joint``: its lists, batch, loss
         options) in place of this one's. With ``val_every``, its models are validated while it trains and each
-        keeps its best state; a re-ranker is validated over system ``first_stage``'s validation run."""
+        keeps its best state; a re-ranker is validated over system ``first_stage``'s validation run. ``post(dir)``
+        runs after training (rank 0); what it returns joins the stage's result.json, ``post_key`` its key."""
         from tandem.train import train
 
         overrides = self.cfg.train_overrides(mode, steps, shape_of or name)
@@ -1007,20 +1015,22 @@ class _Runner:
                            retriever=retriever, reranker=reranker, overrides=overrides, resume=True,
                            progress=self.progress, validator=validator() if validator else None)
             if self.stages.rank == 0:
-                after_training = post(d) if post else None  # (before result.json: a kill here reruns it)
+                after_training = post(d) if post else {}  # (before result.json: a kill here reruns it)
                 write_json(d / "result.json", {"steps": result.steps, "seconds": result.seconds,
                                                "sequences_per_s": result.sequences_per_s, "heldout": result.heldout,
                                                "final_losses": result.final_losses,
-                                               "validation": result.validation,
-                                               **({"lexical_fit": after_training} if after_training else {})})
+                                               "validation": result.validation, **after_training})
 
         # subtle: a killed training stage has no done.json but keeps its checkpoints; train(resume=True) continues
         self.stages.run(name, {"mode": mode, "overrides": overrides, "retriever": retriever, "reranker": reranker,
                                "lists": lists, **settings, **(post_key or {})},
                         fn, after=after, every_rank=True)
         self._stage_validation(name)
-        fit = (read_json(self.out / name / "result.json").get("lexical_fit")
-               if post and (self.out / name / "result.json").exists() else None)
+
+    def _lexical_decision(self, name: str) -> None:
+        """Stage ``name``'s lexical-weight fit, for the log and the report's decisions."""
+        path = self.out / name / "result.json"
+        fit = read_json(path).get("lexical_fit") if path.exists() else None
         if fit:
             self.decisions.append(
                 f"{name} re-ranker: lexical weight {fit['w_before']:.3f} -> {fit['w_after']:g}, chosen by re-ranking "
@@ -1028,9 +1038,10 @@ class _Runner:
                 f"{fit['ndcg_before']:.4f} -> {fit['ndcg_after']:.4f})")
             log.info("%s", self.decisions[-1])
 
-    def _fit_lexical(self, d: Path) -> dict | None:
+    def _fit_lexical(self, d: Path) -> dict:
         """The warmed-up gated re-ranker's lexical weight chosen on training queries' first-stage top-k (the
-        candidates the lists were mined from), saved in place (:mod:`tandem.train.lexical`)."""
+        candidates the lists were mined from), saved in place (:mod:`tandem.train.lexical`); ``{"lexical_fit":
+        what was measured}``, or ``{}`` for a re-ranker without a bounded lexical weight."""
         from tandem.io import atomic_dir, iter_jsonl
         from tandem.models.reranker import Reranker
         from tandem.train.lexical import fit_lexical_weight
@@ -1038,7 +1049,7 @@ class _Runner:
 
         reranker = Reranker.from_pretrained(d / "reranker")
         if getattr(reranker, "lexical", None) != "bounded":
-            return None  # a plain cross-encoder (or a gated one saved with the raw feature) has no bounded weight
+            return {}  # a plain cross-encoder (or a gated one saved with the raw feature) has no bounded weight
         candidates = {e["qid"]: [c["pid"] for c in sorted(e["candidates"], key=lambda c: c["rank"])]
                       for _, e in iter_jsonl(self.out / "lists" / "lists.mine" / "candidates.jsonl")}
         qrels = self.train_ds.qrels
@@ -1050,7 +1061,7 @@ class _Runner:
                                  self.train_ds.corpus, progress=self.progress)
         with atomic_dir(d / "reranker") as tmp:
             reranker.save(tmp)
-        return {**fit, "qids": chosen}
+        return {"lexical_fit": {**fit, "qids": chosen}}
 
     def _stage_validation(self, name: str) -> None:
         """The decisions of ``keep_best`` inside stage ``name`` (which step of each model was kept), for the log

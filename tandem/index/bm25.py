@@ -96,7 +96,7 @@ class BM25:
 
 
 def _stemmer(name: str | None):
-    name = stemmer_name(name)
+    """The stem function of a (normalised, as in :class:`BM25Settings`) stemmer name; None: no stemming."""
     if name is None:
         return None
     try:
