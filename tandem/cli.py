@@ -701,7 +701,7 @@ def _recipe(config: Path, out: Path, overrides: list[str], dry_run: bool, progre
                       f"{', '.join(sz['evaluation_shrunk'])}" if sz["evaluation_shrunk"] else "")
                    + (" (still over budget at min_steps)" if sz["over_budget"] else "")
                    + f"; {sz['denoised_queries']} queries denoised")
-        where = ("this CPU's measured rates" if result["measured_here"] else f"the given rates {result['rates']}")
+        where = result["rates_note"] + ("" if result["rates_source"] == "measured" else f" {result['rates']}")
         typer.echo(f"{'total':<22} ~{result['total_seconds']:8.0f} s  ({result['total_seconds'] / 3600:.1f} h; "
                    f"estimates from {where}, on {result['devices']} device(s); memory per device)")
         return

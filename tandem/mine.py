@@ -7,11 +7,12 @@ Mine candidates for every training query, denoise them with a re-ranker, write l
    ``candidates.jsonl`` grows one line per query, so a killed run continues where it stopped.
 2. warm-up (optional): a re-ranker trained on the undenoised lists (``--mode reranker``), for
    when no trained cross-encoder is at hand.
-3. score: the re-ranker's logit for each candidate (the first ``denoise_top``) and each labelled
-   positive; ``scores.jsonl``, one line per query, resumable the same way.
-4. calibrate: probabilities ``sigmoid(a * logit + b)``, with ``(a, b)`` fitted on the labelled
-   pairs of held-out training queries (``platt``), or ``a = 1, b = 0`` (``sigmoid``, for a
-   cross-encoder trained with BCE).
+3. score: the re-ranker's logit for each candidate (the first ``denoise_top``; every candidate of a
+   calibration query); ``scores.jsonl``, one line per query, resumable the same way.
+4. calibrate: probabilities ``sigmoid(a * logit + b)``, with ``(a, b)`` fitted on the candidates of
+   held-out training queries, labelled positives against the rest (``platt``), or ``a = 1, b = 0``
+   (``sigmoid``, for a cross-encoder trained with BCE). Calibrated on the pool the lists draw from,
+   a probability is what denoising needs: how likely a candidate there is a positive.
 5. lists: per query, the labelled positives plus pseudo-positives (probability > ``high``), the
    undenoised pool (every candidate but the labelled positives) and the denoised pool
    (probability < ``low``, or ranked below ``low_rank`` by the re-ranker). Labelled positives
@@ -63,8 +64,15 @@ class MineSettings:
     high_rank: int = _f(0, "rank mode: the re-ranker's top-k candidates (not labelled) become pseudo-positives")
     calibration: str = _f("platt", "platt: sigmoid(a*logit+b) fitted on held-out labelled pairs; sigmoid: a=1, b=0")
     calibration_fraction: float = _f(0.1, "share of training queries whose labelled pairs fit the calibration")
-    calibration_positives: int = _f(5, "labelled positives per calibration query scored beyond its candidates at "
-                                       "most (the first in the qrels; 0: all): NFCorpus has ~40 a query")
+    calibration_pool: str = _f("candidates", "what calibrates the denoiser: candidates (each calibration query's "
+                                             "whole candidate list, its labelled positives there against the rest: "
+                                             "the pool the lists draw from) or positives (its scored candidates "
+                                             "plus up to calibration_positives labelled positives from anywhere, "
+                                             "the earlier way: positives the first stage missed score low, and "
+                                             "NFCorpus then calibrated to AUC 0.33 instead of 0.73)")
+    calibration_positives: int = _f(5, "calibration_pool positives: labelled positives per calibration query scored "
+                                       "beyond its candidates at most (the first in the qrels; 0: all): NFCorpus has "
+                                       "~40 a query")
     calibration_max_queries: int = _f(0, "calibration queries at most (the held-out ones in the order of a hash of "
                                          "the id; 0: all): each costs its candidates and up to calibration_positives "
                                          "more pairs, ~100 s of the demo's 14 minutes for NFCorpus's 259")
@@ -86,6 +94,7 @@ class MineSettings:
             (self.top_n >= 1, "top_n must be >= 1"),
             (self.denoise_by in ("prob", "rank"), "denoise_by must be prob or rank"),
             (self.calibration in ("platt", "sigmoid"), "calibration must be platt or sigmoid"),
+            (self.calibration_pool in ("candidates", "positives"), "calibration_pool must be candidates or positives"),
             (0.0 <= self.low <= self.high <= 1.0 or self.high > 1.0,
              "need 0 <= low <= high (high > 1: no pseudo-positives)"),
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
@@ -267,8 +276,9 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
                      only: set[str] | None = None) -> None:
     """Append the re-ranker's logits for each query's (first ``denoise_top``) candidates.
 
-    Labelled positives outside the candidates are scored too for the ``held`` (calibration)
-    queries, or for every query when ``held`` is None. ``only``: score these queries alone.
+    The ``held`` (calibration) queries, or every query when ``held`` is None, have all their candidates
+    scored (``calibration_pool`` candidates) or, the earlier way (``positives``), their labelled positives
+    outside the scored candidates too. ``only``: score these queries alone.
     """
     done = done_qids(path)
     written = 0
@@ -294,11 +304,12 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             if rec["qid"] in done or (only is not None and rec["qid"] not in only):
                 continue
             cands = [c["pid"] for c in rec["candidates"]]
-            if settings.denoise_top:
-                cands = cands[: settings.denoise_top]
+            calibrating = held is None or rec["qid"] in held
+            if settings.denoise_top and not (calibrating and settings.calibration_pool == "candidates"):
+                cands = cands[: settings.denoise_top]  # (a calibration query's whole list calibrates)
             scored = set(cands)
             pos = [p for p in positives.get(rec["qid"], []) if p not in scored] \
-                if held is None or rec["qid"] in held else []
+                if calibrating and settings.calibration_pool == "positives" else []
             if settings.calibration_positives:
                 pos = pos[: settings.calibration_positives]
             batch.append({"qid": rec["qid"], "pids": cands + pos})
@@ -546,6 +557,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
                "denoise_top": settings.denoise_top, "denoise_queries": settings.denoise_queries,
                "calibration_positives": settings.calibration_positives,
                "calibration_max_queries": settings.calibration_max_queries}
+        if settings.calibration_pool != "positives":  # (the earlier way keeps its key: its scores stay valid)
+            key["calibration_pool"] = settings.calibration_pool
         _invalidate(work, state, "scores", key, ["scores.jsonl"])
         state["scores"] = key
         write_json(work / "manifest.json", state)

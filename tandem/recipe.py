@@ -18,6 +18,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -144,9 +145,14 @@ class RecipeConfig:
     plan_train_queries: int = _f(0, "--dry-run: plan for this many training queries")
     plan_eval_queries: int = _f(0, "--dry-run: plan for this many evaluation queries")
     devices: int = _f(1, "--dry-run cost model: processes/GPUs the training and encoding stages are spread over")
-    rates: dict = _f(None, "--dry-run cost model: measured throughputs of ONE device (encode_per_s at 128 passage "
-                           "tokens, train_seq_per_s at 128 tokens, rerank_pairs_per_s at 160 tokens); default: "
-                           "this project's 2-core CPU")
+    rates: dict = _f(None, "cost model: throughputs of ONE device (encode_per_s at 128 passage tokens, "
+                           "train_seq_per_s at 128 tokens, rerank_pairs_per_s and rerank_train_pairs_per_s at 160 "
+                           "tokens); default: measured on this machine (measure_rates), else this project's 2-core "
+                           "CPU's")
+    measure_rates: bool = _f(True, "with budget_minutes or --dry-run and no rates given: measure this machine's "
+                                   "throughputs with a short probe at the recipe's shapes (~10-20 s on a 2-core "
+                                   "CPU, cached per machine in $TANDEM_CACHE/rates.json), so that the budget means "
+                                   "the same wall time on any machine; false: this project's fixed CPU rates")
 
     def mine_settings(self, n_train: int):
         """The mining and denoising settings of the lists and denoise stages: the recipe's own fields, then
@@ -315,6 +321,37 @@ def rerank_depths(cfg: RecipeConfig) -> list[int]:
     return depths
 
 
+def _fused(cfg: RecipeConfig, stage: str, model: str = "retriever") -> float:
+    """Speed-up of a model's training steps in ``stage`` without attention dropout (the fused attention kernel
+    runs)."""
+    from tandem.train.config import reranker_dropout
+
+    o = cfg.train_overrides("", 0, stage)
+    drop = float(o.get("attention_dropout", -1.0))
+    if model == "reranker":
+        drop = reranker_dropout(drop, float(o.get("reranker_attention_dropout", -1.0)))
+    return FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0
+
+
+def _cached(cfg: RecipeConfig, stage: str, model: str = "retriever") -> float:
+    """Gradient caching (``chunk_size``) runs a model forward once more, ~1/3 of its training cost: the
+    retriever's, and the re-ranker's unless it runs ``reranker_micro_lists`` (exact without caching)."""
+    o = cfg.train_overrides("", 0, stage)
+    micro = int(o.get("reranker_micro_lists", 0) or 0)
+    if not int(o.get("chunk_size", 0) or 0) or (model == "reranker" and 0 < micro < int(o["batch_size"])):
+        return 1.0
+    return 4 / 3
+
+
+def plan_factors(cfg: RecipeConfig) -> dict[str, dict[str, float]]:
+    """The plan's per-stage factors of training cost (gradient caching, fused attention) for the retriever
+    warm-up and the re-ranker warm-up: what :mod:`tandem.train.rates` divides out of a measured step."""
+    return {"cached": {"retriever-warmup": _cached(cfg, "retriever-warmup")},
+            "fused": {"retriever-warmup": _fused(cfg, "retriever-warmup")},
+            "cached_reranker": {"warmup": _cached(cfg, "warmup", "reranker")},
+            "fused_reranker": {"warmup": _fused(cfg, "warmup", "reranker")}}
+
+
 def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: int = 0,
          positives: float = 1.15) -> dict[str, float]:
     """Estimated seconds per stage from measured throughputs (``cfg.rates`` or this CPU's), scaled by length.
@@ -322,9 +359,14 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     Encoding, re-ranking and attention costs are taken as linear in length (a slight underestimate
     for long inputs); training and encoding stages are divided over ``cfg.devices``. ``n_val``
     validation queries are searched beside the test queries and their top-k re-ranked; ``positives`` is the mean
-    number of labelled positives of a training query (the denoiser's calibration scores up to five of them).
+    number of labelled positives of a training query (calibration_pool positives scores up to five of them).
     """
-    calibration_positives = cfg.mine_settings(max(1, n_train)).calibration_positives  # (and `mine:` checked early)
+    ms = cfg.mine_settings(max(1, n_train))  # (and `mine:` checked early)
+    # the calibration queries' extra pairs: the rest of their candidate list, or (calibration_pool positives) up
+    # to calibration_positives labelled positives
+    per_top = cfg.denoise_top or cfg.top_n
+    calibration_pairs = (cfg.top_n - per_top if ms.calibration_pool == "candidates"
+                         else min(positives, ms.calibration_positives) if ms.calibration_positives else positives)
     rates = {**default_rates(), **(cfg.rates or {})}
     dev = max(1, cfg.devices)
     enc = rates["encode_per_s"] * 128 / cfg.max_length * dev
@@ -335,24 +377,11 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     searched = n_test + n_val
     # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
     extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
-    def fused(stage: str, model: str = "retriever") -> float:
-        """Speed-up of a model's training steps without attention dropout (the fused attention kernel runs)."""
-        from tandem.train.config import reranker_dropout
-
-        o = cfg.train_overrides("", 0, stage)
-        drop = float(o.get("attention_dropout", -1.0))
-        if model == "reranker":
-            drop = reranker_dropout(drop, float(o.get("reranker_attention_dropout", -1.0)))
-        return FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0
-
-    def cached(stage: str, model: str = "retriever") -> float:
-        """Gradient caching (``chunk_size``) runs a model forward once more, ~1/3 of its training cost: the
-        retriever's, and the re-ranker's unless it runs ``reranker_micro_lists`` (exact without caching)."""
-        o = cfg.train_overrides("", 0, stage)
-        micro = int(o.get("reranker_micro_lists", 0) or 0)
-        if not int(o.get("chunk_size", 0) or 0) or (model == "reranker" and 0 < micro < int(o["batch_size"])):
-            return 1.0
-        return 4 / 3
+    fused, cached = (partial(f, cfg) for f in (_fused, _cached))
+    # re-ranker training pairs: at their own measured rate where the rates have one (the probe's), else at the
+    # retriever's per-sequence rate (the constants, measured so)
+    rt = rates["rerank_train_pairs_per_s"] * 160 / cfg.reranker_max_length * dev \
+        if rates.get("rerank_train_pairs_per_s") else seq
 
     def heldout_eval(stage: str, steps: int, scorers: str) -> float:
         """Seconds of a training stage's held-out list evaluations (at the start, every eval_every, at the end)."""
@@ -378,16 +407,14 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
-           "warmup": cfg.warmup_steps * wb * wl / seq * cached("warmup", "reranker") / fused("warmup", "reranker")
+           "warmup": cfg.warmup_steps * wb * wl / rt * cached("warmup", "reranker") / fused("warmup", "reranker")
            + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c")
            + lexical_fit,
-           "denoise": ((denoised_queries(cfg, n_train) * (cfg.denoise_top or cfg.top_n)
-                        + calibration_queries(cfg, n_train) * (min(positives, calibration_positives)
-                                                               if calibration_positives else positives))
-                       / pairs + 10)
+           "denoise": ((denoised_queries(cfg, n_train) * per_top + calibration_queries(cfg, n_train)
+                        * calibration_pairs) / pairs + 10)
            if cfg.denoise else 0.0,
-           "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker")
-                                            + (jl + 1) * cached("joint") / fused("joint")) / seq + 30
+           "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker") / rt
+                                            + (jl + 1) * cached("joint") / fused("joint") / seq) + 30
            + heldout_eval("joint", cfg.joint_steps, "rc") + validations("joint", cfg.joint_steps, "rc"),
            "joint-index": n_passages / enc + 10,
            "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
@@ -631,6 +658,28 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
                                        f"{cfg.heldout_fraction}; never trained on)")
 
 
+def _rates_for(cfg: RecipeConfig, train_ds, dry_run: bool) -> tuple[RecipeConfig, dict[str, Any]]:
+    """The recipe with the cost model's rates settled, and where they came from (``rates``, ``rates_source``:
+    given, measured or fixed, ``rates_note``): measured on this machine (:mod:`tandem.train.rates`) where the plan
+    decides something (a budget, or a dry run), none are given and the data is here; under torchrun the fixed
+    rates, so that every process sizes the stages alike."""
+    from tandem.train.distributed import world
+
+    if cfg.rates:
+        source, note = "given", "the given rates"
+    elif cfg.measure_rates and train_ds is not None and (cfg.budget_minutes > 0 or dry_run) and world()[1] == 1:
+        from tandem.train.rates import machine_rates
+
+        probe = machine_rates(cfg, train_ds.corpus, train_ds.queries)
+        cfg = replace(cfg, rates=probe["rates"])
+        source = "measured"
+        note = (f"this machine's rates ({probe['key']['machine']}, {probe['key']['precision']}), measured "
+                f"{probe['measured_at']} in {probe['seconds']} s" + (" (cached)" if probe["cached"] else ""))
+    else:
+        source, note = "fixed", "this project's fixed 2-core CPU rates (measure_rates: false, no data, or torchrun)"
+    return cfg, {"rates": {**default_rates(), **(cfg.rates or {})}, "rates_source": source, "rates_note": note}
+
+
 def run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
     """Run (or, with ``dry_run``, only plan) the recipe; returns the report (or the plan). Its stages train and
     infer in one process, so bf16 inference runs under autocast while it runs (no second copy of the weights;
@@ -665,7 +714,10 @@ def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: boo
                  sum(map(len, train_ds.qrels.values())) / max(1, len(train_ds.qrels)))
     rerank_depths(cfg)
     peer_rows(cfg.peers)  # a damaged peers file fails now, not after the training
+    cfg.mine_settings(max(1, sizes[1]))  # (a bad `mine:` mapping fails before the probe)
+    cfg, rates_info = _rates_for(cfg, train_ds if val is not None else None, dry_run)
     cfg, sizing = size_training(cfg, *sizes)
+    sizing.update(rates_info)
     if val is not None and cfg.val_max_queries < len(val.queries):  # the budget asked for fewer
         val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
         sizes = (*sizes[:3], len(val.queries), *sizes[4:])
@@ -673,11 +725,11 @@ def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: boo
     if dry_run:
         import torch
 
-        gpu = torch.cuda.is_available() or bool(cfg.rates)
+        gpu = torch.cuda.is_available() or rates_info["rates_source"] == "given"
         memory = memory_plan(cfg, sizes[0], model_shape(None if cfg.model == "default" else cfg.model), gpu)
         return {"plan_seconds": estimate, "plan_memory_bytes": memory, "total_seconds": sum(estimate.values()),
-                "devices": cfg.devices, "rates": {**default_rates(), **(cfg.rates or {})},
-                "measured_here": not cfg.rates,
+                "devices": cfg.devices, "rates": sizing["rates"], "rates_source": rates_info["rates_source"],
+                "rates_note": rates_info["rates_note"], "measured_here": rates_info["rates_source"] == "measured",
                 "sizing": sizing, "eval_split": cfg.eval_split,
                 "validation": val.why if val else "not known without the data"}
     if sizing["over_budget"]:
@@ -1158,7 +1210,8 @@ class _Runner:
                 "config": asdict(self.cfg), "systems": systems, "headline": chosen, "selected": selected,
                 "validation": {"source": self.val.source, "queries": len(self.val.queries), "why": self.val.why},
                 "decisions": self.decisions, "training_paid": paid, "sizing": sizing or {},
-                "stage_seconds": s, "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
+                "stage_seconds": s, "stage_plan_seconds": {k: round(v, 1) for k, v in self.stages.plan.items()},
+                "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
                 "stage_peak_rss_bytes": self.stages.peak_rss, "peak_rss_bytes": _process_peak_rss(),
                 "models": {"retriever": self.retriever or str(self.cfg.model),
                            "reranker": str(self.out / "joint" / "reranker") if self.reranker_adopted else None,
@@ -1263,7 +1316,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                      if sizing.get("evaluation_shrunk") else "")
                   + (f" (every stage at min_steps = {cfg.get('min_steps')}, still over budget: the rest is "
                      "encoding and re-ranking)" if sizing.get("over_budget") else "")
-                  + f"; {sizing['denoised_queries']} training queries denoised.", ""]
+                  + f"; {sizing['denoised_queries']} training queries denoised"
+                  + (f"; time plan from {sizing['rates_note']}" if sizing.get("rates_note") else "") + ".", ""]
     lines += [
               "## Settings", "",
               f"Passages {cfg['max_length']} tokens, queries {cfg['query_max_length']}, re-ranker pairs "
@@ -1285,8 +1339,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                  + f" they form the denoised pool, above {cfg['high']} they become "
                  "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else "")
               + _retriever_only_sentence(cfg), "",
-              "## Stages", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in report["stage_seconds"].items()]
+              "## Stages", "", "| stage | seconds | planned |", "|---|---|---|"]
+    planned = report.get("stage_plan_seconds") or {}
+    lines += [f"| {k} | {v:.0f} | {planned[k]:.0f} |" if k in planned else f"| {k} | {v:.0f} | |"
+              for k, v in report["stage_seconds"].items()]
     lines += ["", f"Total wall time: {report['total_seconds']:.0f} s.", "",
               f"Models used (adopted): retriever `{report['models']['retriever']}`, re-ranker "
               + (f"`{report['models']['reranker']}`." if report['models']['reranker'] else

@@ -308,3 +308,38 @@ def test_calibration_max_queries_caps_the_calibration_set(planted, tmp_path):
     again = mine(data, tmp_path / "cap2.jsonl", reranker=OverlapScorer(),
                  settings=_settings(calibration_max_queries=2, **kw), progress=False)
     assert set(_lists(again.lists)) == set(lists)
+
+
+@pytest.mark.parametrize("pool", ["candidates", "positives"])
+def test_calibration_scores_the_pool_the_lists_draw_from(tmp_path, pool):
+    """calibration_pool candidates: a calibration query has its whole candidate list scored (whatever denoise_top)
+    and nothing else, so its labelled positives there are calibrated against the negatives they compete with;
+    positives (the earlier way): its first denoise_top candidates plus labelled positives from anywhere."""
+    from tandem.mine import iter_lines
+    from tandem.train.lists import heldout_qids
+
+    corpus, queries, qrels = generate_dataset(n_passages=60, n_queries=40)
+    for i, q in enumerate(qrels["train"]):  # a second positive the first stage is unlikely to find
+        qrels["train"][q][sorted(corpus)[(7 * i + 3) % len(corpus)]] = 1
+    data = write_beir(tmp_path / "two", corpus, queries, qrels)
+    ds = load_beir(data, "train")
+    held = heldout_qids(list(ds.qrels), 0.3)
+    res = mine(data, tmp_path / "l.jsonl", reranker=OverlapScorer(), progress=False,
+               settings=_settings(top_n=5, denoise_top=2, calibration_fraction=0.3, calibration_pool=pool))
+    cands = {r["qid"]: [c["pid"] for c in r["candidates"]] for r in iter_lines(tmp_path / "l.mine" /
+                                                                               "candidates.jsonl")}
+    scored = {r["qid"]: r["pids"] for r in iter_lines(tmp_path / "l.mine" / "scores.jsonl")}
+    outside = 0
+    for q, pids in scored.items():
+        if q not in held:
+            assert pids == cands[q][:2]
+        elif pool == "candidates":
+            assert pids == cands[q]
+        else:
+            extra = [p for p in ds.qrels[q] if ds.qrels[q][p] > 0 and p not in cands[q][:2]][:5]
+            assert pids == cands[q][:2] + extra
+            outside += len(set(extra) - set(cands[q]))
+    if pool == "positives":
+        assert outside  # positives the first stage missed were scored
+    cal = res.report["denoising"]["calibration"]
+    assert cal["queries"] == len(held) and cal["pairs"] == sum(len(scored[q]) for q in held)
