@@ -60,6 +60,11 @@ class MineSettings:
     low_from_positives: float = _f(0.0, "prob mode, if > 0: set low to this quantile of the held-out labelled "
                                         "positives' probabilities (e.g. 0.1: at most ~10% of real positives would "
                                         "fall in the denoised pool)")
+    high_from_precision: float = _f(0.0, "prob mode, if > 0: lower high to the least probability above which the "
+                                         "held-out candidates are labelled positives at this share at least (e.g. "
+                                         "0.75; from the top, over at least 5 of them; never below low or 0.5): "
+                                         "pseudo-positives where the denoiser is that often right on held-out "
+                                         "queries, whose labels miss some positives besides")
     low_rank: int = _f(10, "rank mode: candidates the re-ranker ranks below this are denoised negatives")
     high_rank: int = _f(0, "rank mode: the re-ranker's top-k candidates (not labelled) become pseudo-positives")
     calibration: str = _f("platt", "platt: sigmoid(a*logit+b) fitted on held-out labelled pairs; sigmoid: a=1, b=0")
@@ -99,6 +104,7 @@ class MineSettings:
              "need 0 <= low <= high (high > 1: no pseudo-positives)"),
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
             (0.0 <= self.low_from_positives < 1.0, "low_from_positives must be in [0, 1)"),
+            (0.0 <= self.high_from_precision < 1.0, "high_from_precision must be in [0, 1)"),
             (self.denoise_queries >= 0, "denoise_queries must be >= 0"),
             (self.calibration_positives >= 0, "calibration_positives must be >= 0"),
             (0.0 <= self.near_copy <= 1.0, "near_copy must be in [0, 1]"),
@@ -394,6 +400,10 @@ def calibrate(scores: Path, positives: Mapping[str, list[str]], held: set[str], 
                            "positives": int(y.sum()), "queries": len(held)}
     if settings.low_from_positives and y.sum():
         out["low_from_positives"] = float(np.quantile(_sigmoid(a * x[y > 0] + b), settings.low_from_positives))
+    if settings.high_from_precision and y.sum():
+        high = high_from_precision(_sigmoid(a * x + b), y, settings.high_from_precision)
+        if high is not None:
+            out["high_from_precision"] = min(settings.high, high)
     if len(x) and 0 < y.sum() < len(y):
         p = np.clip(_sigmoid(a * x + b), 1e-7, 1 - 1e-7)
         out["log_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -408,7 +418,20 @@ def calibrate(scores: Path, positives: Mapping[str, list[str]], held: set[str], 
                       f"candidates (AUC {out.get('auc', float('nan')):.3f}, Platt slope {a:.3f}): its probabilities "
                       "would denoise backwards, so the lists keep the undenoised pool alone")
         out.pop("low_from_positives", None)
+        out.pop("high_from_precision", None)
     return out
+
+
+def high_from_precision(probs: np.ndarray, labelled: np.ndarray, precision: float, min_pairs: int = 5,
+                        floor: float = 0.5) -> float | None:
+    """The least probability ``t >= floor`` such that, of the held-out pairs at ``t`` or above (at least
+    ``min_pairs``), a share ``precision`` or more are labelled positives; None where no such ``t`` exists.
+    Returned a hair below ``t``, as a ``high`` (pseudo-positives: probability > high) that takes ``t`` in."""
+    order = np.argsort(-probs, kind="stable")
+    p, y = probs[order], labelled[order].astype(np.float64)
+    share = np.cumsum(y) / np.arange(1, len(y) + 1)
+    ok = (share >= precision) & (np.arange(1, len(y) + 1) >= min_pairs) & (p >= floor)
+    return float(np.nextafter(p[np.flatnonzero(ok)[-1]], -np.inf)) if ok.any() else None
 
 
 # ---- 5. pools and lists -----------------------------------------------------------------------
@@ -583,6 +606,10 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
             log.info("mine: low threshold %.4f = the %.0f%% quantile of held-out positives' probabilities",
                      calibration["low_from_positives"], 100 * settings.low_from_positives)
             settings = replace(settings, low=calibration["low_from_positives"])
+        if "high_from_precision" in calibration:
+            log.info("mine: high threshold %.4f: held-out candidates above it are labelled positives at >= %.0f%%",
+                     calibration["high_from_precision"], 100 * settings.high_from_precision)
+            settings = replace(settings, high=max(calibration["high_from_precision"], settings.low))
 
     t0 = time.perf_counter()
     report = _write_lists(ds, out, cand_path, work / "scores.jsonl" if reranker is not None else None, positives,
@@ -775,7 +802,10 @@ def render_report(r: dict[str, Any]) -> str:
     c = d["calibration"]
     chosen = (f" (low chosen as the {100 * s['low_from_positives']:.0f}% quantile of the held-out positives' "
               "probabilities)") if s.get("low_from_positives") else ""
-    mode = (f"probability < {s['low']:.4g}{chosen} -> denoised negative, > {s['high']} -> pseudo-positive"
+    high_chosen = (f" (high chosen where {100 * s['high_from_precision']:.0f}% of the held-out candidates above it "
+                   "are labelled positives)") if s.get("high_from_precision") and "high_from_precision" in c else ""
+    mode = (f"probability < {s['low']:.4g}{chosen} -> denoised negative, > {s['high']:.4g}{high_chosen} -> "
+            "pseudo-positive"
             if s["denoise_by"] == "prob" else
             f"re-ranker rank > {s['low_rank']} -> denoised negative, rank <= {s['high_rank']} -> pseudo-positive")
     lp = d["labelled_positives_probability"]

@@ -919,6 +919,7 @@ class _Runner:
             st.run("denoise", {"top_n": cfg.top_n, "denoise_top": cfg.denoise_top, "low": cfg.low, "high": cfg.high,
                                "low_from_positives": cfg.low_from_positives,
                                "calibration_max_queries": cfg.calibration_max_queries,
+                               "calibration_pool": cfg.mine_settings(len(self.train_ds.qrels)).calibration_pool,
                                "queries": denoised_queries(cfg, len(self.train_ds.qrels)), **extra},
                    lambda d: lists(d, str(out / "warmup" / "reranker")), after=("zs-index", "warmup"))
         self._train("joint", "joint", cfg.joint_steps, start, str(out / "warmup" / "reranker"),

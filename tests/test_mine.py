@@ -343,3 +343,26 @@ def test_calibration_scores_the_pool_the_lists_draw_from(tmp_path, pool):
         assert outside  # positives the first stage missed were scored
     cal = res.report["denoising"]["calibration"]
     assert cal["queries"] == len(held) and cal["pairs"] == sum(len(scored[q]) for q in held)
+
+
+def test_high_threshold_from_held_out_precision(planted, tmp_path):
+    """high_from_precision: the pseudo-positive threshold drops to where held-out candidates are labelled positives
+    at that share, so a calibrated denoiser that is never 99% sure still adds the planted near copy."""
+    from tandem.mine import high_from_precision
+
+    p = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.55, 0.4, 0.2])
+    y = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    assert high_from_precision(p, y, 0.75) == pytest.approx(0.6)  # 4 of the top 5: the lowest cut at >= 75%
+    assert high_from_precision(p, y, 0.75, min_pairs=6) is None  # 4 / 6 < 75%
+    assert high_from_precision(p, y, 0.75, min_pairs=3, floor=0.65) == pytest.approx(0.7)  # not below the floor: 3 of the top 4
+    data, qid, _ = planted
+    kw = dict(calibration="platt", high=0.999, calibration_fraction=0.3, top_n=10)
+    fixed = mine(data, tmp_path / "a.jsonl", reranker=OverlapScorer(), progress=False, settings=_settings(**kw))
+    chosen = mine(data, tmp_path / "b.jsonl", reranker=OverlapScorer(), progress=False,
+                  settings=_settings(high_from_precision=0.75, **kw))
+    assert fixed.report["denoising"]["pseudo_positives"] == 0
+    cal = chosen.report["denoising"]["calibration"]
+    assert 0.5 <= cal["high_from_precision"] < 0.999 and chosen.report["settings"]["high"] == cal["high_from_precision"]
+    assert chosen.report["denoising"]["pseudo_positives"] > 0
+    assert any(e.get("pseudo") and e["pid"] == "copy" for e in _lists(chosen.lists)[qid]["positives"])
+    assert "high chosen where 75%" in (tmp_path / "b.report.md").read_text()

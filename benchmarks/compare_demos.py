@@ -1,0 +1,95 @@
+"""Two configs of the demo (or any recipe) compared system by system, paired over queries with seeds pooled.
+
+    python benchmarks/compare_demos.py --a runs/old-s1 runs/old-s2 --b runs/new-s1 runs/new-s2
+
+Runs of --a and --b are paired by position (the same seed). For every system both reports have, prints B - A
+on validation and on the reported split (mean nDCG@10 difference over (seed, qid) pairs, paired randomisation
+p, wins / losses) and which system each run served; then each run's wall time and training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from demo_seeds import per_query  # benchmarks/ is on the path when a script here runs
+
+
+def _file(run: Path, row: dict, val: bool) -> Path | None:
+    from tandem.recipe import val_file
+
+    path = Path(row["run"])
+    if not path.is_absolute():
+        path = run / path
+    if val:
+        path = path.with_name(val_file(path.name))
+    return path if path.exists() else None
+
+
+def _pairs(a_runs: list[Path], b_runs: list[Path], system: str, qrels, val_qrels) -> dict[str, dict]:
+    out: dict[str, dict] = {"val": {}, "test": {}}
+    for seed, (a, b) in enumerate(zip(a_runs, b_runs)):
+        ra, rb = (json.loads((r / "report.json").read_text())["systems"][system] for r in (a, b))
+        for split, q, val in (("test", qrels, False), ("val", val_qrels[seed], True)):
+            fa, fb = _file(a, ra, val), _file(b, rb, val)
+            if fa is None or fb is None or q is None:
+                continue
+            pa, pb = per_query(str(fa), q), per_query(str(fb), q)
+            for qid in q:
+                out[split][(seed, qid)] = (pa.get(qid, 0.0), pb.get(qid, 0.0))
+    return out
+
+
+def main() -> None:
+    from tandem.data import load_beir, resolve_dataset
+    from tandem.eval.stats import paired_test
+    from tandem.recipe import choose_validation, load_recipe
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--a", nargs="+", required=True, help="runs of config A (one per seed)")
+    ap.add_argument("--b", nargs="+", required=True, help="runs of config B (the same seeds, in the same order)")
+    args = ap.parse_args()
+    a_runs, b_runs = [Path(r) for r in args.a], [Path(r) for r in args.b]
+    reports = [json.loads((r / "report.json").read_text()) for r in b_runs]
+    recipe = json.loads((b_runs[0] / "recipe.json").read_text())
+    directory = resolve_dataset(recipe["data_dir"])
+    train = load_beir(directory, recipe.get("train_split", "train"))
+    test = load_beir(directory, reports[0]["split"], corpus=train.corpus)
+    val_qrels = []
+    for r in b_runs:
+        cfg = load_recipe(None, {k: v for k, v in json.loads((r / "recipe.json").read_text()).items()
+                                 if k != "data_dir" and v is not None})
+        val_qrels.append(choose_validation(cfg, directory, train, reports[0]["split"]).qrels or None)
+    a_reports = [json.loads((r / "report.json").read_text()) for r in a_runs]
+    systems = [s for s in reports[0]["systems"] if all(s in rep["systems"] for rep in a_reports + reports)
+               and not reports[0]["systems"][s].get("peer")]
+    print(f"B - A, nDCG@10, {len(b_runs)} seed(s) pooled (paired randomisation over (seed, query))\n")
+    print("| system | A val | B val | B - A val (p) | A | B | B - A (p; wins / losses) |")
+    print("|---|---|---|---|---|---|---|")
+    for s in systems:
+        pairs = _pairs(a_runs, b_runs, s, test.qrels, val_qrels)
+        cells = []
+        for split in ("val", "test"):
+            if not pairs[split]:
+                cells.append(None)
+                continue
+            a = {k: x for k, (x, _) in pairs[split].items()}
+            b = {k: y for k, (_, y) in pairs[split].items()}
+            t = paired_test(b, a)
+            cells.append((t["mean_b"], t["mean_a"], t))
+        v, r = cells
+        vtxt = (f"{v[0]:.4f} | {v[1]:.4f} | {v[2]['diff']:+.4f} ({v[2]['p']:.2g})" if v else "- | - | -")
+        print(f"| {s} | {vtxt} | {r[0]:.4f} | {r[1]:.4f} | {r[2]['diff']:+.4f} ({r[2]['p']:.2g}; "
+              f"{r[2]['wins']} / {r[2]['losses']}) |")
+    print()
+    for name, runs in (("A", a_runs), ("B", b_runs)):
+        for r in runs:
+            rep = json.loads((r / "report.json").read_text())
+            served = rep["selected"]["system"]
+            print(f"{name} {r}: served {served} ({rep['systems'][served]['nDCG@10']:.4f}); "
+                  f"{rep['wall_seconds']:.0f} s; steps {rep['sizing'].get('steps')}")
+
+
+if __name__ == "__main__":
+    main()
