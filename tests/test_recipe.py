@@ -442,3 +442,25 @@ def test_val_every_validates_inside_each_stage_and_keeps_the_best(tiny_model_dir
     assert sum("validated while training" in d for d in report["decisions"]) == 4  # warm-up x1, re-ranker, joint x2
     n = dict(n_passages=5000, n_train=800, n_test=300, n_val=100)
     assert plan(cfg, **n)["joint"] > plan(replace(cfg, val_every=0), **n)["joint"]
+
+
+def test_heldout_min_queries_raises_the_held_out_share_without_a_dev_split(tiny_model_dir, tmp_path):
+    """Without a dev split, heldout_min_queries holds out enough training queries to validate on that many (a
+    superset of the 10% held out before, by the same hash), up to heldout_max_fraction."""
+    from tandem.train.lists import heldout_qids
+    from tests.conftest import generate_dataset, write_beir
+
+    corpus, queries, qrels = generate_dataset(n_passages=200, n_queries=300)
+    data = write_beir(tmp_path / "d", corpus, queries, qrels)
+    base = dict(measure_rates=False, heldout_fraction=0.1, val_max_queries=500)
+    before = run_recipe(_cfg(tiny_model_dir, data, **base), tmp_path / "a", dry_run=True)
+    after = run_recipe(_cfg(tiny_model_dir, data, heldout_min_queries=30, **base), tmp_path / "b", dry_run=True)
+    n = lambda r: int(r["validation"].split()[0])  # noqa: E731
+    assert n(before) < 30 <= n(after) and "heldout_fraction 0.1;" in before["validation"], after["validation"]
+    assert after["sizing"]["training_lists"] < before["sizing"]["training_lists"]
+    train = list(qrels["train"])
+    assert heldout_qids(train, 0.1) <= heldout_qids(train, float(after["validation"].split("heldout_fraction ")[1]
+                                                                  .split(";")[0]))
+    capped = run_recipe(_cfg(tiny_model_dir, data, heldout_min_queries=1000, heldout_max_fraction=0.2, **base),
+                        tmp_path / "c", dry_run=True)
+    assert "heldout_fraction 0.2;" in capped["validation"]

@@ -26,6 +26,9 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 RATE_KEYS = ("encode_per_s", "train_seq_per_s", "rerank_pairs_per_s", "rerank_train_pairs_per_s")
+# training settings that change what is trained on or when it is evaluated, not how fast a step runs
+NOT_SPEED = frozenset({"heldout_fraction", "eval_every", "seed", "heldout_eval_lists", "max_steps", "mode",
+                       "lr_retriever", "lr_reranker", "lr_head", "lr_gate", "keep_best", "keep_best_p"})
 PROBE_VERSION = 1  # bump when what the probe measures changes: older cached rates are then measured again
 
 
@@ -66,7 +69,8 @@ def probe_key(cfg) -> dict[str, Any]:
             "model": cfg.model, "reranker": cfg.reranker or "", "max_length": cfg.max_length,
             "query_max_length": cfg.query_max_length, "reranker_max_length": cfg.reranker_max_length,
             "reranker_arch": cfg.reranker_arch,
-            "stages": {s: cfg.train_overrides("", 0, s) for s in ("retriever-warmup", "warmup")}}
+            "stages": {s: {k: v for k, v in cfg.train_overrides("", 0, s).items() if k not in NOT_SPEED}
+                       for s in ("retriever-warmup", "warmup")}}
 
 
 def _digest(key: Mapping[str, Any]) -> str:
