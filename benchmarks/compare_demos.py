@@ -3,8 +3,9 @@
     python benchmarks/compare_demos.py --a runs/old-s1 runs/old-s2 --b runs/new-s1 runs/new-s2
 
 Runs of --a and --b are paired by position (the same seed). For every system both reports have, prints B - A
-on validation and on the reported split (mean nDCG@10 difference over (seed, qid) pairs, paired randomisation
-p, wins / losses) and which system each run served; then each run's wall time and training steps.
+on validation (the queries both validated on) and on the reported split (mean nDCG@10 difference over (seed,
+qid) pairs, paired randomisation p, wins / losses) and which system each run served; then each run's wall time
+and training steps.
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def main() -> None:
     directory = resolve_dataset(recipe["data_dir"])
     train = load_beir(directory, recipe.get("train_split", "train"))
     test = load_beir(directory, reports[0]["split"], corpus=train.corpus)
-    val_qrels = []
-    for r in b_runs:
-        cfg = load_recipe(None, {k: v for k, v in json.loads((r / "recipe.json").read_text()).items()
+    def validation(run: Path) -> dict:
+        cfg = load_recipe(None, {k: v for k, v in json.loads((run / "recipe.json").read_text()).items()
                                  if k != "data_dir" and v is not None})
-        val_qrels.append(choose_validation(cfg, directory, train, reports[0]["split"]).qrels or None)
+        return choose_validation(cfg, directory, train, reports[0]["split"]).qrels
+
+    val_qrels = []  # the two configs may validate on different queries: compare on those both validated on
+    for a, b in zip(a_runs, b_runs):
+        qa, qb = validation(a), validation(b)
+        val_qrels.append({q: d for q, d in qb.items() if q in qa} or None)
     a_reports = [json.loads((r / "report.json").read_text()) for r in a_runs]
     systems = [s for s in reports[0]["systems"] if all(s in rep["systems"] for rep in a_reports + reports)
                and not reports[0]["systems"][s].get("peer")]

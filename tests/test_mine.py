@@ -354,7 +354,8 @@ def test_high_threshold_from_held_out_precision(planted, tmp_path):
     y = np.array([1, 1, 1, 0, 1, 0, 0, 0])
     assert high_from_precision(p, y, 0.75) == pytest.approx(0.6)  # 4 of the top 5: the lowest cut at >= 75%
     assert high_from_precision(p, y, 0.75, min_pairs=6) is None  # 4 / 6 < 75%
-    assert high_from_precision(p, y, 0.75, min_pairs=3, floor=0.65) == pytest.approx(0.7)  # not below the floor: 3 of the top 4
+    # not below the floor: 3 of the top 4
+    assert high_from_precision(p, y, 0.75, min_pairs=3, floor=0.65) == pytest.approx(0.7)
     data, qid, _ = planted
     kw = dict(calibration="platt", high=0.999, calibration_fraction=0.3, top_n=10)
     fixed = mine(data, tmp_path / "a.jsonl", reranker=OverlapScorer(), progress=False, settings=_settings(**kw))
