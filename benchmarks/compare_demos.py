@@ -4,8 +4,8 @@
 
 Runs of --a and --b are paired by position (the same seed). For every system both reports have, prints B - A
 on validation (the queries both validated on) and on the reported split (mean nDCG@10 difference over (seed,
-qid) pairs, paired randomisation p, wins / losses) and which system each run served; then each run's wall time
-and training steps.
+qid) pairs, paired randomisation p, wins / losses), the same for the system each run served (`(served)`); then
+each run's wall time and training steps.
 """
 
 from __future__ import annotations
@@ -16,25 +16,34 @@ from pathlib import Path
 
 from demo_seeds import per_query  # benchmarks/ is on the path when a script here runs
 
+SERVED = "(served)"  # the row of whichever system each run served
+
 
 def _file(run: Path, row: dict, val: bool) -> Path | None:
     from tandem.recipe import val_file
 
     path = Path(row["run"])
-    if not path.is_absolute():
+    if not path.is_absolute() and not path.exists():  # (a run named relative to where the demo ran, or to its dir)
         path = run / path
     if val:
         path = path.with_name(val_file(path.name))
     return path if path.exists() else None
 
 
+def _row(report: dict, system: str) -> dict:
+    """A report's row of ``system``; ``served``: the row of the system it selected."""
+    return report["systems"][report["selected"]["system"] if system == SERVED else system]
+
+
 def _pairs(a_runs: list[Path], b_runs: list[Path], system: str, qrels, val_qrels) -> dict[str, dict]:
     out: dict[str, dict] = {"val": {}, "test": {}}
     for seed, (a, b) in enumerate(zip(a_runs, b_runs)):
-        ra, rb = (json.loads((r / "report.json").read_text())["systems"][system] for r in (a, b))
+        ra, rb = (_row(json.loads((r / "report.json").read_text()), system) for r in (a, b))
         for split, q, val in (("test", qrels, False), ("val", val_qrels[seed], True)):
             fa, fb = _file(a, ra, val), _file(b, rb, val)
             if fa is None or fb is None or q is None:
+                what = "validation" if val else "test"
+                print(f"note: {system} of seed {seed + 1} has no {what} run in both: left out")
                 continue
             pa, pb = per_query(str(fa), q), per_query(str(fb), q)
             for qid in q:
@@ -68,7 +77,7 @@ def main() -> None:
         val_qrels.append({q: d for q, d in qb.items() if q in qa} or None)
     a_reports = [json.loads((r / "report.json").read_text()) for r in a_runs]
     systems = [s for s in reports[0]["systems"] if all(s in rep["systems"] for rep in a_reports + reports)
-               and not reports[0]["systems"][s].get("peer")]
+               and not reports[0]["systems"][s].get("peer")] + [SERVED]
     print(f"B - A, nDCG@10, {len(b_runs)} seed(s) pooled (paired randomisation over (seed, query))\n")
     print("| system | A val | B val | B - A val (p) | A | B | B - A (p; wins / losses) |")
     print("|---|---|---|---|---|---|---|")
