@@ -688,7 +688,12 @@ def _rates_for(cfg: RecipeConfig, train_ds, dry_run: bool) -> tuple[RecipeConfig
     elif cfg.measure_rates and train_ds is not None and (cfg.budget_minutes > 0 or dry_run) and world()[1] == 1:
         from tandem.train.rates import machine_rates
 
-        probe = machine_rates(cfg, train_ds.corpus, train_ds.queries)
+        try:
+            probe = machine_rates(cfg, train_ds.corpus, train_ds.queries)
+        except (RuntimeError, ValueError, OSError) as e:  # (a plan is an estimate: the recipe runs without one)
+            log.warning("rates: the probe failed (%s: %s); planning on the fixed rates", type(e).__name__, e)
+            return cfg, {"rates": default_rates(), "rates_source": "fixed",
+                         "rates_note": f"this project's fixed 2-core CPU rates (the probe failed: {type(e).__name__})"}
         cfg = replace(cfg, rates=probe["rates"])
         source = "measured"
         note = (f"this machine's rates ({probe['key']['machine']}, {probe['key']['precision']}), measured "

@@ -70,3 +70,16 @@ def test_budget_is_sized_on_measured_rates_unless_told_otherwise(tiny_dataset, t
     given = {"encode_per_s": 1.0, "train_seq_per_s": 1.0, "rerank_pairs_per_s": 1.0}
     slow = run_recipe(replace(cfg, rates=given), tmp_path / "run", dry_run=True)
     assert slow["rates_source"] == "given" and slow["sizing"]["factor"] < dry["sizing"]["factor"] == 1.0
+
+
+def test_a_failed_probe_plans_on_the_fixed_rates(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import tandem.train.rates as rates
+
+    def broken(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setenv("TANDEM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rates, "measure_rates", broken)
+    dry = run_recipe(_cfg(tiny_model_dir, tiny_dataset, budget_minutes=4), tmp_path / "run", dry_run=True)
+    assert dry["rates_source"] == "fixed" and "probe failed: RuntimeError" in dry["rates_note"]
+    assert "the probe failed" in caplog.text
