@@ -35,10 +35,11 @@ def _row(report: dict, system: str) -> dict:
     return report["systems"][report["selected"]["system"] if system == SERVED else system]
 
 
-def _pairs(a_runs: list[Path], b_runs: list[Path], system: str, qrels, val_qrels) -> dict[str, dict]:
+def _pairs(a_runs: list[Path], b_runs: list[Path], reports: dict[Path, dict], system: str, qrels,
+           val_qrels) -> dict[str, dict]:
     out: dict[str, dict] = {"val": {}, "test": {}}
     for seed, (a, b) in enumerate(zip(a_runs, b_runs)):
-        ra, rb = (_row(json.loads((r / "report.json").read_text()), system) for r in (a, b))
+        ra, rb = (_row(reports[r], system) for r in (a, b))
         for split, q, val in (("test", qrels, False), ("val", val_qrels[seed], True)):
             fa, fb = _file(a, ra, val), _file(b, rb, val)
             if fa is None or fb is None or q is None:
@@ -61,28 +62,30 @@ def main() -> None:
     ap.add_argument("--b", nargs="+", required=True, help="runs of config B (the same seeds, in the same order)")
     args = ap.parse_args()
     a_runs, b_runs = [Path(r) for r in args.a], [Path(r) for r in args.b]
-    reports = [json.loads((r / "report.json").read_text()) for r in b_runs]
+    reports = {r: json.loads((r / "report.json").read_text()) for r in a_runs + b_runs}
+    first = reports[b_runs[0]]
     recipe = json.loads((b_runs[0] / "recipe.json").read_text())
-    directory = resolve_dataset(recipe["data_dir"])
+    # (a run made elsewhere, e.g. in a removed worktree, is found again by its dataset's name)
+    directory = resolve_dataset(recipe["data_dir"] if Path(recipe["data_dir"]).is_dir() else recipe["data"])
     train = load_beir(directory, recipe.get("train_split", "train"))
-    test = load_beir(directory, reports[0]["split"], corpus=train.corpus)
+    test = load_beir(directory, first["split"], corpus=train.corpus)
+
     def validation(run: Path) -> dict:
         cfg = load_recipe(None, {k: v for k, v in json.loads((run / "recipe.json").read_text()).items()
                                  if k != "data_dir" and v is not None})
-        return choose_validation(cfg, directory, train, reports[0]["split"]).qrels
+        return choose_validation(cfg, directory, train, first["split"]).qrels
 
     val_qrels = []  # the two configs may validate on different queries: compare on those both validated on
     for a, b in zip(a_runs, b_runs):
         qa, qb = validation(a), validation(b)
         val_qrels.append({q: d for q, d in qb.items() if q in qa} or None)
-    a_reports = [json.loads((r / "report.json").read_text()) for r in a_runs]
-    systems = [s for s in reports[0]["systems"] if all(s in rep["systems"] for rep in a_reports + reports)
-               and not reports[0]["systems"][s].get("peer")] + [SERVED]
+    systems = [s for s in first["systems"] if all(s in rep["systems"] for rep in reports.values())
+               and not first["systems"][s].get("peer")] + [SERVED]
     print(f"B - A, nDCG@10, {len(b_runs)} seed(s) pooled (paired randomisation over (seed, query))\n")
     print("| system | A val | B val | B - A val (p) | A | B | B - A (p; wins / losses) |")
     print("|---|---|---|---|---|---|---|")
     for s in systems:
-        pairs = _pairs(a_runs, b_runs, s, test.qrels, val_qrels)
+        pairs = _pairs(a_runs, b_runs, reports, s, test.qrels, val_qrels)
         cells = []
         for split in ("val", "test"):
             if not pairs[split]:
@@ -99,7 +102,7 @@ def main() -> None:
     print()
     for name, runs in (("A", a_runs), ("B", b_runs)):
         for r in runs:
-            rep = json.loads((r / "report.json").read_text())
+            rep = reports[r]
             served = rep["selected"]["system"]
             print(f"{name} {r}: served {served} ({rep['systems'][served]['nDCG@10']:.4f}); "
                   f"{rep['wall_seconds']:.0f} s; steps {rep['sizing'].get('steps')}")

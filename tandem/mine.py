@@ -398,14 +398,15 @@ def calibrate(scores: Path, positives: Mapping[str, list[str]], held: set[str], 
         a, b = fit_platt(x, y)
     out: dict[str, Any] = {"method": settings.calibration, "a": a, "b": b, "pairs": int(len(x)),
                            "positives": int(y.sum()), "queries": len(held)}
+    probs = _sigmoid(a * x + b)
     if settings.low_from_positives and y.sum():
-        out["low_from_positives"] = float(np.quantile(_sigmoid(a * x[y > 0] + b), settings.low_from_positives))
+        out["low_from_positives"] = float(np.quantile(probs[y > 0], settings.low_from_positives))
     if settings.high_from_precision and y.sum():
-        high = high_from_precision(_sigmoid(a * x + b), y, settings.high_from_precision)
+        high = high_from_precision(probs, y, settings.high_from_precision)
         if high is not None:
             out["high_from_precision"] = min(settings.high, high)
     if len(x) and 0 < y.sum() < len(y):
-        p = np.clip(_sigmoid(a * x + b), 1e-7, 1 - 1e-7)
+        p = np.clip(probs, 1e-7, 1 - 1e-7)
         out["log_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
         ranks = np.argsort(np.argsort(x)) + 1  # AUC by the rank-sum formula (ties broken by order)
         n1, n0 = y.sum(), len(y) - y.sum()

@@ -326,35 +326,22 @@ def rerank_depths(cfg: RecipeConfig) -> list[int]:
     return depths
 
 
-def _fused(cfg: RecipeConfig, stage: str, model: str = "retriever") -> float:
-    """Speed-up of a model's training steps in ``stage`` without attention dropout (the fused attention kernel
-    runs)."""
+def training_cost_factor(cfg: RecipeConfig, stage: str, model: str = "retriever") -> float:
+    """What a model's training steps in ``stage`` cost against plain ones: gradient caching (``chunk_size``) runs a
+    model forward once more, ~1/3 of its training cost (the retriever's, and the re-ranker's unless it runs
+    ``reranker_micro_lists``, exact without caching); without attention dropout the fused attention kernel runs
+    (:data:`FUSED_ATTENTION_SPEEDUP`). The plan multiplies by it; :mod:`tandem.train.rates` divides a probed step by
+    it."""
     from tandem.train.config import reranker_dropout
 
     o = cfg.train_overrides("", 0, stage)
+    micro = int(o.get("reranker_micro_lists", 0) or 0)
+    cached = 1.0 if not int(o.get("chunk_size", 0) or 0) or (model == "reranker" and 0 < micro < int(o["batch_size"])) \
+        else 4 / 3
     drop = float(o.get("attention_dropout", -1.0))
     if model == "reranker":
         drop = reranker_dropout(drop, float(o.get("reranker_attention_dropout", -1.0)))
-    return FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0
-
-
-def _cached(cfg: RecipeConfig, stage: str, model: str = "retriever") -> float:
-    """Gradient caching (``chunk_size``) runs a model forward once more, ~1/3 of its training cost: the
-    retriever's, and the re-ranker's unless it runs ``reranker_micro_lists`` (exact without caching)."""
-    o = cfg.train_overrides("", 0, stage)
-    micro = int(o.get("reranker_micro_lists", 0) or 0)
-    if not int(o.get("chunk_size", 0) or 0) or (model == "reranker" and 0 < micro < int(o["batch_size"])):
-        return 1.0
-    return 4 / 3
-
-
-def plan_factors(cfg: RecipeConfig) -> dict[str, dict[str, float]]:
-    """The plan's per-stage factors of training cost (gradient caching, fused attention) for the retriever
-    warm-up and the re-ranker warm-up: what :mod:`tandem.train.rates` divides out of a measured step."""
-    return {"cached": {"retriever-warmup": _cached(cfg, "retriever-warmup")},
-            "fused": {"retriever-warmup": _fused(cfg, "retriever-warmup")},
-            "cached_reranker": {"warmup": _cached(cfg, "warmup", "reranker")},
-            "fused_reranker": {"warmup": _fused(cfg, "warmup", "reranker")}}
+    return cached / (FUSED_ATTENTION_SPEEDUP if drop == 0 else 1.0)
 
 
 def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: int = 0,
@@ -382,7 +369,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     searched = n_test + n_val
     # hybrid: the fused top-k adds ~45% new pairs to the dense top-k (measured on SciFact, k = 20)
     extra = HYBRID_EXTRA_PAIRS if cfg.hybrid and cfg.hybrid_rerank else 1.0
-    fused, cached = (partial(f, cfg) for f in (_fused, _cached))
+    factor = partial(training_cost_factor, cfg)
     # re-ranker training pairs: at their own measured rate where the rates have one (the probe's), else at the
     # retriever's per-sequence rate (the constants, measured so)
     rt = rates["rerank_train_pairs_per_s"] * 160 / cfg.reranker_max_length * dev \
@@ -412,14 +399,14 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
            "lists": n_train / queries + 5,
-           "warmup": cfg.warmup_steps * wb * wl / rt * cached("warmup", "reranker") / fused("warmup", "reranker")
+           "warmup": cfg.warmup_steps * wb * wl / rt * factor("warmup", "reranker")
            + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c")
            + lexical_fit,
            "denoise": ((denoised_queries(cfg, n_train) * per_top + calibration_queries(cfg, n_train)
                         * calibration_pairs) / pairs + 10)
            if cfg.denoise else 0.0,
-           "joint": cfg.joint_steps * jb * (jl * cached("joint", "reranker") / fused("joint", "reranker") / rt
-                                            + (jl + 1) * cached("joint") / fused("joint") / seq) + 30
+           "joint": cfg.joint_steps * jb * (jl * factor("joint", "reranker") / rt + (jl + 1) * factor("joint") / seq)
+           + 30
            + heldout_eval("joint", cfg.joint_steps, "rc") + validations("joint", cfg.joint_steps, "rc"),
            "joint-index": n_passages / enc + 10,
            "rerank": n_test * cfg.rerank_k * extra / pairs + 5}
@@ -430,8 +417,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
 
     def retriever_alone(steps: int, lists_per_step: int, list_size: int, stage: str = "") -> float:
         """Seconds of retriever-only training: a query costs query_max_length / max_length of a passage."""
-        return steps * lists_per_step * (list_size + cfg.query_max_length / cfg.max_length) / seq * cached(stage) \
-            / fused(stage) + 20
+        return steps * lists_per_step * (list_size + cfg.query_max_length / cfg.max_length) / seq * factor(stage) + 20
 
     if cfg.retriever_warmup_steps:
         est["retriever-warmup"] = retriever_alone(cfg.retriever_warmup_steps, *cfg.stage_shape("retriever-warmup"),
@@ -692,12 +678,12 @@ def _rates_for(cfg: RecipeConfig, train_ds, dry_run: bool) -> tuple[RecipeConfig
             probe = machine_rates(cfg, train_ds.corpus, train_ds.queries)
         except (RuntimeError, ValueError, OSError) as e:  # (a plan is an estimate: the recipe runs without one)
             log.warning("rates: the probe failed (%s: %s); planning on the fixed rates", type(e).__name__, e)
-            return cfg, {"rates": default_rates(), "rates_source": "fixed",
-                         "rates_note": f"this project's fixed 2-core CPU rates (the probe failed: {type(e).__name__})"}
-        cfg = replace(cfg, rates=probe["rates"])
-        source = "measured"
-        note = (f"this machine's rates ({probe['key']['machine']}, {probe['key']['precision']}), measured "
-                f"{probe['measured_at']} in {probe['seconds']} s" + (" (cached)" if probe["cached"] else ""))
+            source, note = "fixed", f"this project's fixed 2-core CPU rates (the probe failed: {type(e).__name__})"
+        else:
+            cfg = replace(cfg, rates=probe["rates"])
+            source = "measured"
+            note = (f"this machine's rates ({probe['key']['machine']}, {probe['key']['precision']}), measured "
+                    f"{probe['measured_at']} in {probe['seconds']} s" + (" (cached)" if probe["cached"] else ""))
     else:
         source, note = "fixed", "this project's fixed 2-core CPU rates (measure_rates: false, no data, or torchrun)"
     return cfg, {"rates": {**default_rates(), **(cfg.rates or {})}, "rates_source": source, "rates_note": note}
