@@ -240,6 +240,7 @@ class Stages:
         self.seconds: dict[str, float] = {}
         self.peak_rss: dict[str, int] = {}  # bytes, sampled while each stage ran (its done.json keeps it)
         self.keys: dict[str, str] = {}
+        self.ran: list[str] = []  # the stages this invocation ran (not found done)
         self.plan = plan or {}
         self.t0 = time.perf_counter()
         self.rank = rank  # under torchrun: rank 0 runs the single-process stages, every rank the training ones
@@ -287,6 +288,7 @@ class Stages:
                 with progress_context(label):
                     fn(stage_dir)
         self.seconds[name] = time.perf_counter() - t0
+        self.ran.append(name)
         self.peak_rss[name] = watch.peak
         if main:
             write_json(done, manifest("stage", name=name, key=key, settings=settings, seconds=self.seconds[name],
@@ -758,6 +760,12 @@ def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: boo
     runner.run_all(str(directory.resolve()))
     if rank != 0:
         return {}
+    if rates_info["rates_source"] == "measured":  # a plan far off what the stages took: measure again next run
+        from tandem.train.rates import check_plan
+
+        drift = check_plan(cfg, {n: stages.seconds[n] for n in stages.ran}, estimate)
+        if drift is not None:
+            sizing["plan_drift"] = drift
     report = runner.report(time.perf_counter() - t_start, sizing)
     write_json(out / "report.json", report)
     with atomic_open(out / "report.md") as f:
@@ -1330,7 +1338,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                   + (f" (every stage at min_steps = {cfg.get('min_steps')}, still over budget: the rest is "
                      "encoding and re-ranking)" if sizing.get("over_budget") else "")
                   + f"; {sizing['denoised_queries']} training queries denoised"
-                  + (f"; time plan from {sizing['rates_note']}" if sizing.get("rates_note") else "") + ".", ""]
+                  + (f"; time plan from {sizing['rates_note']}" if sizing.get("rates_note") else "")
+                  + (f"; the stages that ran took {sizing['plan_drift']['ratio']}x their plan"
+                     + (" (the cached rates are dropped: the next run measures them again)"
+                        if sizing["plan_drift"]["reprobe"] else "") if sizing.get("plan_drift") else "") + ".", ""]
     lines += [
               "## Settings", "",
               f"Passages {cfg['max_length']} tokens, queries {cfg['query_max_length']}, re-ranker pairs "

@@ -83,3 +83,40 @@ def test_a_failed_probe_plans_on_the_fixed_rates(tiny_dataset, tiny_model_dir, t
     dry = run_recipe(_cfg(tiny_model_dir, tiny_dataset, budget_minutes=4), tmp_path / "run", dry_run=True)
     assert dry["rates_source"] == "fixed" and "probe failed: RuntimeError" in dry["rates_note"]
     assert "the probe failed" in caplog.text
+
+
+def test_a_plan_far_off_the_stages_drops_the_cached_rates(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """A probe measured while the CPU was busy caches rates several times too slow; the run that then takes a
+    fraction of its plan drops them, so the next run measures again. Within the limit they stay cached."""
+    import tandem.train.rates as rates
+
+    monkeypatch.setenv("TANDEM_CACHE", str(tmp_path / "cache"))
+    cfg = _cfg(tiny_model_dir, tiny_dataset)
+    entry = {"rates": {k: 100.0 for k in rates.RATE_KEYS}, "key": rates.probe_key(cfg), "measured_at": "now",
+             "seconds": 1.0}
+    rates._store(entry)
+    planned = {"warmup": 100.0, "joint": 50.0, "bm25": 2.0}
+    assert rates.plan_drift({"bm25": 30.0}, planned) is None  # only short stages ran: nothing to judge by
+    near = rates.check_plan(cfg, {"warmup": 110.0, "joint": 55.0, "bm25": 30.0}, planned)
+    assert near == {"ratio": 1.1, "stages": 2, "reprobe": False} and rates.cached_rates(cfg) is not None
+    fast = rates.check_plan(cfg, {"warmup": 30.0, "joint": 15.0}, planned)
+    assert fast["ratio"] == pytest.approx(0.3) and fast["reprobe"] and rates.cached_rates(cfg) is None
+    rates._store(entry)
+    assert rates.check_plan(cfg, {"warmup": 200.0, "joint": 100.0}, planned)["reprobe"]  # slower: measured again
+    assert not rates.check_plan(cfg, {"warmup": 200.0, "joint": 100.0}, planned)["reprobe"]  # nothing left to drop
+
+
+def test_a_run_on_rates_probed_under_load_measures_again_next_time(tiny_dataset, tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    import tandem.train.rates as rates
+
+    monkeypatch.setenv("TANDEM_CACHE", str(tmp_path / "cache"))
+    real = rates.measure_rates
+    monkeypatch.setattr(rates, "measure_rates",  # the probe as a busy CPU would measure it: 20x too slow
+                        lambda cfg, corpus, queries: {k: v / 20 for k, v in real(cfg, corpus, queries).items()})
+    cfg = _cfg(tiny_model_dir, tiny_dataset, budget_minutes=30, min_steps=1)
+    report = run_recipe(cfg, tmp_path / "run")
+    assert report["sizing"]["rates_source"] == "measured"
+    drift = report["sizing"]["plan_drift"]
+    assert drift["ratio"] < 1 / rates.DRIFT_LIMIT and drift["reprobe"] and rates.cached_rates(cfg) is None
+    assert "the next run measures them again" in (tmp_path / "run" / "report.md").read_text()

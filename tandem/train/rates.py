@@ -214,4 +214,57 @@ def machine_rates(cfg, corpus, queries: Mapping[str, str], refresh: bool = False
     return {**entry, "cached": False}
 
 
-__all__ = ["RATE_KEYS", "machine", "probe_key", "cached_rates", "measure_rates", "machine_rates"]
+DRIFT_LIMIT = 1.5  # a run this far off its plan, either way, measures the machine's rates again next time
+
+
+def forget_rates(cfg) -> bool:
+    """Drop the cached probe for ``cfg`` on this machine (the next run measures again); whether there was one."""
+    path = _cache_path()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(known, dict) or known.pop(_digest(probe_key(cfg)), None) is None:
+        return False
+    from tandem.io import write_json
+
+    try:
+        write_json(path, known)
+    except OSError as e:
+        log.warning("rates: could not update %s (%s)", path, e)
+        return False
+    return True
+
+
+def plan_drift(seconds: Mapping[str, float], planned: Mapping[str, float], min_seconds: float = 10.0) \
+        -> dict[str, Any] | None:
+    """How far the stages that ran took from their plan: ``{"ratio": measured / planned seconds, summed over the
+    stages that ran and were planned at ``min_seconds`` or more, "stages": how many}``; None where none qualify
+    (every stage cached, or all of them short)."""
+    names = [n for n in seconds if planned.get(n, 0.0) >= min_seconds]
+    if not names:
+        return None
+    ratio = sum(seconds[n] for n in names) / sum(planned[n] for n in names)
+    return {"ratio": round(ratio, 3), "stages": len(names)}
+
+
+def check_plan(cfg, seconds: Mapping[str, float], planned: Mapping[str, float],
+               limit: float = DRIFT_LIMIT) -> dict[str, Any] | None:
+    """After a run planned on measured rates: where its stages took more than ``limit`` times their plan, or less
+    than 1 / ``limit`` of it (a probe measured while the CPU was busy caches rates 3-10x too slow; one measured
+    on an idle machine is too fast for a busy one), the cached probe is dropped, so the next run measures again.
+    Returns the drift with ``"reprobe"`` (whether it was dropped), or None where no stage ran long enough."""
+    drift = plan_drift(seconds, planned)
+    if drift is None:
+        return None
+    off = not (1 / limit <= drift["ratio"] <= limit)
+    drift["reprobe"] = bool(off and forget_rates(cfg))
+    if off:
+        log.warning("rates: the stages took %.2fx their planned time (outside 1/%s..%s): %s", drift["ratio"], limit,
+                    limit, "the next run measures this machine's rates again" if drift["reprobe"]
+                    else "no cached probe to drop")
+    return drift
+
+
+__all__ = ["RATE_KEYS", "DRIFT_LIMIT", "machine", "probe_key", "cached_rates", "measure_rates", "machine_rates",
+           "forget_rates", "plan_drift", "check_plan"]
