@@ -39,6 +39,10 @@ CPU_RATES_BF16 = {"encode_per_s": 110.0, "train_seq_per_s": 16.0, "rerank_pairs_
 # training shapes, 2-core EPYC, fp32 (benchmarks/train_memory.py, 2026-12-02)
 FUSED_ATTENTION_SPEEDUP = 1.25
 HYBRID_EXTRA_PAIRS = 1.45
+# denoise_depth: the share of denoised queries whose top_n hold no denoised negative (measured: SciFact ~3%,
+# NFCorpus ~40%) and the share of their deeper candidates then scored before one is found (NFCorpus ~0.6)
+DEEPENED_QUERIES = 0.2
+DEEPENED_SCORED = 0.6
 
 
 def default_rates() -> dict[str, float]:
@@ -397,6 +401,8 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
             + ("c" in scorers) * n_val * max(rerank_depths(cfg)) / pairs
         return evals * per
 
+    deeper_pairs = max(0, denoised_queries(cfg, n_train) - calibration_queries(cfg, n_train)) * DEEPENED_QUERIES \
+        * max(0, ms.denoise_depth - cfg.top_n) * DEEPENED_SCORED  # (a search to the depth costs ~nothing)
     lexical_fit = min(cfg.lexical_fit_queries, n_train) * cfg.top_n / pairs + 5 if cfg.fits_lexical_weight else 0.0
     est = {"bm25": 5.0 + n_passages / 20_000, "zs-index": n_passages / enc + 10, "zero-shot": searched / queries + 5,
            "hybrid-zero-shot": 2.0 + searched / 1000,
@@ -405,7 +411,7 @@ def plan(cfg: RecipeConfig, n_passages: int, n_train: int, n_test: int, n_val: i
            + 30 + heldout_eval("warmup", cfg.warmup_steps, "c") + validations("warmup", cfg.warmup_steps, "c")
            + lexical_fit,
            "denoise": ((denoised_queries(cfg, n_train) * per_top + calibration_queries(cfg, n_train)
-                        * calibration_pairs) / pairs + 10)
+                        * calibration_pairs + deeper_pairs) / pairs + 10)
            if cfg.denoise else 0.0,
            "joint": cfg.joint_steps * jb * (jl * factor("joint", "reranker") / rt + (jl + 1) * factor("joint") / seq)
            + 30
@@ -1225,6 +1231,7 @@ class _Runner:
             path = self.out / stage / "metrics.jsonl"
             if path.exists():
                 curves[stage] = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        hybrid_lists = _hybrid_lists(self.out / "denoise" / "lists.report.json")
         # total_seconds: what the whole pipeline cost (a cached stage counts its original run);
         # wall_seconds: this invocation alone
         return {"data": str(self.cfg.data), "split": self.cfg.eval_split, "queries": len(self.test_ds.qrels),
@@ -1237,7 +1244,21 @@ class _Runner:
                 "models": {"retriever": self.retriever or str(self.cfg.model),
                            "reranker": str(self.out / "joint" / "reranker") if self.reranker_adopted else None,
                            "first_stage": self.first},
-                "curves": curves}
+                "curves": curves, **({"hybrid_lists": hybrid_lists} if hybrid_lists else {})}
+
+
+def _hybrid_lists(path: Path) -> dict[str, Any] | None:
+    """What the denoise stage made of the lists (from its mining report): how many training lists are hybrid (have
+    a denoised pool), how many found it below their candidates (``denoise_depth``), the pseudo-positives."""
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text()).get("denoising") or {}
+    h, g = d.get("training_lists_with_denoised_pool"), d.get("deeper") or {}
+    if not h:  # (a mining report from before these counts)
+        return None
+    return {"training_lists": h["lists"], "with_denoised_pool": h["with"], "share": round(h["share"], 4),
+            "deeper_queries": g.get("queries", 0), "deeper_found": g.get("found", 0),
+            "pseudo_positives": d.get("pseudo_positives", 0)}
 
 
 def _process_peak_rss() -> int:
@@ -1291,6 +1312,15 @@ def _retriever_only_sentence(cfg: dict[str, Any]) -> str:
                   f"starts; the joint retriever has trained {joint} steps more, so this is not an equal-budget "
                   "baseline (`retriever_only_equal_steps=true` adds one).",
     }.get(source, "")
+
+
+def _hybrid_sentence(h: dict[str, Any] | None) -> str:
+    if not h:
+        return ""
+    deeper = (f" ({h['deeper_found']} of the {h['deeper_queries']} with none among their candidates found one deeper)"
+              if h["deeper_queries"] else "")
+    return (f" Training lists with a denoised pool: {h['with_denoised_pool']} of {h['training_lists']} "
+            f"({100 * h['share']:.1f}%){deeper}; {h['pseudo_positives']} pseudo-positives.")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -1361,8 +1391,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                     "positives' probabilities (the value is in the mining report)" if cfg.get("low_from_positives")
                     else f"candidates; below p = {cfg['low']}")
                  + f" they form the denoised pool, above {cfg['high']} they become "
-                 "pseudo-positives (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else "")
-              + _retriever_only_sentence(cfg), "",
+                 "pseudo-positives"
+                 + (f"; a query with no candidate below had its next ones scored, down to rank "
+                    f"{(cfg.get('mine') or {})['denoise_depth']}, until one was"
+                    if (cfg.get("mine") or {}).get("denoise_depth") else "")
+                 + " (mining report: `denoise/lists.report.md`)." if cfg.get("denoise") else "")
+              + _retriever_only_sentence(cfg)
+              + _hybrid_sentence(report.get("hybrid_lists")), "",
               "## Stages", "", "| stage | seconds | planned |", "|---|---|---|"]
     planned = report.get("stage_plan_seconds") or {}
     lines += [f"| {k} | {v:.0f} | {planned[k]:.0f} |" if k in planned else f"| {k} | {v:.0f} | |"

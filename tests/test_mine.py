@@ -367,3 +367,45 @@ def test_high_threshold_from_held_out_precision(planted, tmp_path):
     assert chosen.report["denoising"]["pseudo_positives"] > 0
     assert any(e.get("pseudo") and e["pid"] == "copy" for e in _lists(chosen.lists)[qid]["positives"])
     assert "high chosen where 75%" in (tmp_path / "b.report.md").read_text()
+
+
+def test_denoise_depth_finds_denoised_negatives_below_the_candidates(planted, tmp_path):
+    """A query whose candidates the denoiser finds all plausible gets its denoised negatives from deeper in the first
+    stage (scored top_n at a time, until one is below low); its undenoised pool stays the candidates; resumable."""
+    data, qid, pos = planted
+    s = dict(top_n=3, low=0.05, high=1.5)  # below 0.05: a passage sharing at most one word with the query
+    flat = mine(data, tmp_path / "flat.jsonl", reranker=OverlapScorer(), settings=_settings(**s), progress=False)
+    deep = mine(data, tmp_path / "deep.jsonl", reranker=OverlapScorer(), settings=_settings(**s, denoise_depth=30),
+                progress=False)
+    a, b = _lists(flat.lists), _lists(deep.lists)
+    assert a.keys() == b.keys()
+    g = deep.report["denoising"]["deeper"]
+    assert g["queries"] >= 1 and g["found"] >= 1 and g["scored_candidates"] >= g["denoised_negatives"] >= g["found"]
+    gained = 0
+    for q in a:
+        und_a = [e for e in a[q]["negatives"] if e["source"] == "undenoised"]
+        und_b = [e for e in b[q]["negatives"] if e["source"] == "undenoised"]
+        assert und_a == und_b and a[q]["positives"] == b[q]["positives"]  # the candidates' pools are unchanged
+        den_a = [e for e in a[q]["negatives"] if e["source"] == "denoised"]
+        den_b = [e for e in b[q]["negatives"] if e["source"] == "denoised"]
+        if den_a:
+            assert den_b == den_a  # a query with denoised negatives among its candidates is not deepened
+        elif den_b:
+            gained += 1
+            labelled = {e["pid"] for e in b[q]["positives"]}
+            assert all(e["rank"] > 3 and e["ce"] < 0.05 for e in den_b)
+            assert not {e["pid"] for e in den_b} & (labelled | {e["pid"] for e in und_b} | {"copy"})
+    assert gained == g["found"]
+    share = lambda r: r.report["denoising"]["training_lists_with_denoised_pool"]["share"]  # noqa: E731
+    assert share(deep) > share(flat)
+    assert "Below the candidates (`denoise_depth` 30)" in (tmp_path / "deep.report.md").read_text()
+    # killed while scoring deeper: the rerun resumes and writes the same lists
+    out = tmp_path / "kill.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        mine(data, out, reranker=OverlapScorer(), settings=_settings(**s, denoise_depth=30), progress=False,
+             _stop={"deep": 1})
+    assert not out.exists()
+    mine(data, out, reranker=OverlapScorer(), settings=_settings(**s, denoise_depth=30), progress=False)
+    assert out.read_bytes() == (tmp_path / "deep.jsonl").read_bytes()
+    with pytest.raises(Exception, match="deeper than top_n"):
+        _settings(top_n=30, denoise_depth=20).check()

@@ -20,7 +20,8 @@ def _cfg(model_dir, data, **kw):
 
 def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog):
     out = tmp_path / "run"
-    report = run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2), out, progress=False)
+    report = run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2, mine={"denoise_depth": 20}), out,
+                        progress=False)
     saved = json.loads((out / "report.json").read_text())
     for name in ("bm25", "zero-shot", "joint-retriever", "joint-retriever+reranker", "retriever-only", "hybrid",
                  "hybrid+reranker"):
@@ -45,6 +46,9 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     sources = {e["source"] for l in (out / "denoise" / "lists.jsonl").read_text().splitlines()
                for e in json.loads(l)["negatives"]}
     assert sources == {"undenoised", "denoised"}
+    h, mined = saved["hybrid_lists"], json.loads((out / "denoise" / "lists.report.json").read_text())["denoising"]
+    assert 0 < h["with_denoised_pool"] <= h["training_lists"] and h["deeper_queries"] == mined["deeper"]["queries"]
+    assert mined["deeper"]["depth"] == 20 and "Training lists with a denoised pool" in (out / "report.md").read_text()
     assert json.loads((out / "joint" / "done.json").read_text())["settings"]["lists"] == "denoise"
     # the warmed-up gated re-ranker's lexical weight was chosen on training queries outside validation, and saved
     fit = json.loads((out / "warmup" / "result.json").read_text())["lexical_fit"]
@@ -62,7 +66,8 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     # a second run with the same settings skips every stage
     caplog.clear()
     with caplog.at_level("INFO", logger="tandem.recipe"):
-        run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2), out, progress=False)
+        run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2, mine={"denoise_depth": 20}), out,
+                   progress=False)
     assert "running" not in caplog.text and caplog.text.count("skipped") >= 8
     # each system's test metrics are logged as soon as its stage is done (a run cut short still has them)
     for name in ("bm25", "zero-shot", "joint-retriever", "hybrid", "joint-retriever+reranker", "retriever-only"):
@@ -71,7 +76,8 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     # changing the joint steps re-runs joint and what depends on it, not the baselines
     caplog.clear()
     with caplog.at_level("INFO", logger="tandem.recipe"):
-        run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2, joint_steps=3), out, progress=False)
+        run_recipe(_cfg(tiny_model_dir, tiny_dataset, retriever_only_steps=2, joint_steps=3,
+                        mine={"denoise_depth": 20}), out, progress=False)
     ran = {line.split(" stage ", 1)[1].split()[0] for line in caplog.text.splitlines() if "running" in line}
     assert ran == {"joint", "joint-index", "hybrid", "rerank"}
     # the hybrid first stage is the RRF of BM25 and the joint retriever; its re-ranked top-k re-orders it
