@@ -80,6 +80,24 @@ def coerce(name: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{name}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
+def _is_mapping(typ: Any) -> bool:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_is_mapping(a) for a in typing.get_args(typ))
+    return typ is dict or origin is dict
+
+
+def merge_mapping(name: str, base: dict[str, Any], override: Any) -> dict[str, Any]:
+    """An override of a mapping setting (``mine``, ``train``, ...) over the file's mapping, key by key: the keys it
+    names replace the file's, the others stay; a key set to null (``mine={denoise_depth: null}``) is dropped, so it
+    takes its default again. An override of null (``mine=null``) empties the whole mapping."""
+    value = coerce(name, override, dict | None)
+    if value is None:
+        return {}
+    merged = {**base, **value}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def parse_overrides(items: list[str]) -> dict[str, str]:
     pairs = {}
     for item in items:
@@ -125,7 +143,10 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: dict[
     values: dict[str, Any] = read_settings_file(path, section) if path is not None else {}
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values.update(overrides or {})
+    hints = typing.get_type_hints(cls)
+    for k, v in (overrides or {}).items():
+        values[k] = merge_mapping(k, values[k], v) if _is_mapping(hints.get(k)) and isinstance(values.get(k), dict) \
+            else v
     fields = {f.name for f in dataclasses.fields(cls)}
     for other, name in getattr(cls, "ALIASES", {}).items():  # the spelling another command uses for a setting
         if other in values and name not in values:

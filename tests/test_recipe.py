@@ -398,15 +398,16 @@ def test_recipe_starts_from_a_pretrained_cross_encoder(tiny_model_dir, tiny_data
 def test_memory_plan_follows_the_memory_settings():
     """The plan's training peaks shrink with the settings that bound what is alive at once: the re-ranker a list at
     a time, gradient-cached retriever chunks, attention dropout off (fused attention)."""
+    from dataclasses import replace
+
     from tandem.recipe import memory_plan
 
     shape = {"hidden": 384, "layers": 6, "heads": 12, "params": 22_700_000}
 
     def peaks(**train):
-        cfg = load_recipe(shipped_config("demo"), {"train": {"lr_reranker": 3e-5, **train},
-                                                   "retriever_warmup_steps": 10,
-                                                   "retriever_warmup_epochs": 0})
-        return memory_plan(cfg, 5000, shape, gpu=False)
+        cfg = load_recipe(shipped_config("demo"), {"retriever_warmup_steps": 10, "retriever_warmup_epochs": 0})
+        # (in place of the demo's own train: mapping, which an override would merge into)
+        return memory_plan(replace(cfg, train={"lr_reranker": 3e-5, **train}), 5000, shape, gpu=False)
 
     plain = peaks()
     micro = peaks(reranker_micro_lists=1)
