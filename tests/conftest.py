@@ -20,6 +20,9 @@ import pytest
 os.environ.setdefault("TANDEM_NO_PROGRESS", "1")
 # exact comparisons (against sentence-transformers, across runs) in fp32; tests/test_precision.py covers bf16
 os.environ.setdefault("TANDEM_PRECISION", "fp32")
+# never the user's cache: a `tandem demo --dry-run` here measures this machine's rates while the suite loads the CPU,
+# and a cached probe from a busy machine would size the user's next demo to a fraction of its budget
+os.environ["TANDEM_CACHE"] = __import__("tempfile").mkdtemp(prefix="tandem-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCIFACT = SHARED / "scifact"

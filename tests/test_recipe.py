@@ -31,6 +31,18 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     assert set(saved["stage_peak_rss_bytes"]) == set(saved["stage_seconds"])
     assert 0 < max(saved["stage_peak_rss_bytes"].values()) <= saved["peak_rss_bytes"] * 1.01
     assert json.loads((out / "joint" / "done.json").read_text())["peak_rss_bytes"] > 0
+    # one stage table: the stages that ran are the ones planned, in the table's order; a system's seconds are those
+    # of the stages it needs, transitively (hybrid+reranker: the re-ranking, the hybrid, BM25, the joint chain)
+    from tandem.recipe import STAGE_ORDER, RecipeConfig, chain
+
+    ran = list(saved["stage_seconds"])
+    assert ran == [n for n in STAGE_ORDER if n in ran] and set(ran) <= set(saved["stage_plan_seconds"])
+    cfg = RecipeConfig(**saved["config"])
+    for name, row in saved["systems"].items():
+        stage = row["run"].split("/")[-2]
+        assert row["seconds"] == pytest.approx(sum(saved["stage_seconds"].get(s, 0) for s in chain(cfg, stage)))
+    assert {"bm25", "hybrid", "joint", "warmup", "denoise", "lists", "zs-index"} <= set(chain(cfg, "rerank"))
+    assert "bm25" not in chain(cfg, "joint-index") and chain(cfg, "zero-shot") == ["zs-index", "zero-shot"]
     for f in ("report.md", "systems.png", "losses.png", "heldout.png", "joint/retriever/README.md",
               "joint/reranker/README.md"):
         assert (out / f).exists(), f
@@ -241,9 +253,11 @@ def test_a_stage_reruns_when_the_precision_changes(tmp_path, monkeypatch):
     ran = []
     for precision, expect in [("fp32", 1), ("fp32", 1), ("bf16", 2), ("bf16", 2)]:
         monkeypatch.setenv("TANDEM_PRECISION", precision)
-        Stages(tmp_path).run("enc", {"model": "m"}, lambda d: ran.append(precision))
+        Stages(tmp_path).run("zs-index", {"model": "m"}, lambda d: ran.append(precision))
         assert len(ran) == expect  # the same settings at the same precision: skipped
     assert ran == ["fp32", "bf16"]
+    with pytest.raises(KeyError, match="stage table"):  # a stage must be a row of the table to run
+        Stages(tmp_path).run("enc", {}, lambda d: None)
 
 
 def _dataset_with_dev(tmp_path, n_queries: int = 36):
