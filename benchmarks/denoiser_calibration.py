@@ -28,7 +28,7 @@ def auc(x: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     from tandem.data import load_beir, resolve_dataset
-    from tandem.mine import fit_platt, heldout_qids, iter_lines
+    from tandem.mining import fit_platt, heldout_qids, iter_lines
     from tandem.models.reranker import Reranker
     from tandem.train.lists import first_by_hash
 

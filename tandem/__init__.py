@@ -23,7 +23,7 @@ _EXPORTS = {
     "evaluate": "tandem.eval.metrics", "rerank": "tandem.rerank",
     "train": "tandem.train", "Trainer": "tandem.train", "TrainConfig": "tandem.train", "load_config": "tandem.train",
     "run_recipe": "tandem.recipe", "load_recipe": "tandem.recipe",
-    "mine": "tandem.mine", "MineSettings": "tandem.mine", "Pipeline": "tandem.pipeline",
+    "mine": "tandem.mining", "MineSettings": "tandem.mining", "Pipeline": "tandem.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -581,7 +581,7 @@ def mine(ctx: typer.Context,
     A killed run continues where it stopped when run again. Settings of the warm-up training can follow
     as key=value (e.g. lr_reranker=3e-5 reranker_max_length=160).
     """
-    from tandem.mine import MineSettings, mine as _mine
+    from tandem.mining import MineSettings, mine as _mine
     from tandem.settings import load_settings, parse_overrides
 
     options = dict(top_n=top_n, dense=dense, bm25=bm25, split=split, denoise_by=denoise_by.value, low=low, high=high,
@@ -646,7 +646,7 @@ def serve(index: Path = typer.Argument(..., help="Index directory (tandem index)
 def mine_settings() -> None:
     """List every mining and denoising setting with its default and meaning (tandem mine --set KEY=VALUE, or a
     recipe's mine: mapping)."""
-    from tandem.mine import MineSettings
+    from tandem.mining import MineSettings
     from tandem.settings import describe
 
     typer.echo(describe(MineSettings))

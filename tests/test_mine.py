@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tandem.data import load_beir
-from tandem.mine import MineSettings, build_pools, done_qids, fit_platt, merge_rrf, mine
+from tandem.mining import MineSettings, build_pools, done_qids, fit_platt, merge_rrf, mine
 from tandem.train.lists import ListSampler, TrainingList, read_lists
 from tests.conftest import generate_dataset, tandem, write_beir
 
@@ -217,7 +217,7 @@ def test_low_threshold_from_held_out_positives(planted, tmp_path):
 def test_denoise_queries_scores_a_hash_chosen_subset(planted, tmp_path):
     """A budgeted denoising scores n queries (the held-out calibration ones first, the rest by a hash of the id,
     whatever the order) and writes their lists alone."""
-    from tandem.mine import denoise_subset
+    from tandem.mining import denoise_subset
     from tandem.train.lists import heldout_qids
 
     data, _, _ = planted
@@ -315,7 +315,7 @@ def test_calibration_scores_the_pool_the_lists_draw_from(tmp_path, pool):
     """calibration_pool candidates: a calibration query has its whole candidate list scored (whatever denoise_top)
     and nothing else, so its labelled positives there are calibrated against the negatives they compete with;
     positives (the earlier way): its first denoise_top candidates plus labelled positives from anywhere."""
-    from tandem.mine import iter_lines
+    from tandem.mining import iter_lines
     from tandem.train.lists import heldout_qids
 
     corpus, queries, qrels = generate_dataset(n_passages=60, n_queries=40)
@@ -348,7 +348,7 @@ def test_calibration_scores_the_pool_the_lists_draw_from(tmp_path, pool):
 def test_high_threshold_from_held_out_precision(planted, tmp_path):
     """high_from_precision: the pseudo-positive threshold drops to where held-out candidates are labelled positives
     at that share, so a calibrated denoiser that is never 99% sure still adds the planted near copy."""
-    from tandem.mine import high_from_precision
+    from tandem.mining import high_from_precision
 
     p = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.55, 0.4, 0.2])
     y = np.array([1, 1, 1, 0, 1, 0, 0, 0])
@@ -409,3 +409,24 @@ def test_denoise_depth_finds_denoised_negatives_below_the_candidates(planted, tm
     assert out.read_bytes() == (tmp_path / "deep.jsonl").read_bytes()
     with pytest.raises(Exception, match="deeper than top_n"):
         _settings(top_n=30, denoise_depth=20).check()
+
+
+def test_candidates_from_an_earlier_mining_are_reused_only_when_made_alike(planted, tmp_path, caplog):
+    """`candidates_from`: a denoising run reuses the candidates an undenoised one mined (the recipe's denoise stage
+    after its lists stage) instead of retrieving again, and gets the same lists as a run that retrieved them; made
+    with another first stage they are not used."""
+    data = planted[0]
+    first = mine(data, tmp_path / "a" / "lists.jsonl", settings=_settings(), progress=False)
+    cands = (tmp_path / "a" / "lists.mine" / "candidates.jsonl").read_text()
+    caplog.set_level("INFO", logger="tandem.mine")
+    reused = mine(data, tmp_path / "b" / "lists.jsonl", reranker=OverlapScorer(), settings=_settings(),
+                  progress=False, candidates_from=first.lists)
+    assert "reusing the" in caplog.text and reused.report["seconds"]["retrieve"] < 1.0
+    assert (tmp_path / "b" / "lists.mine" / "candidates.jsonl").read_text() == cands
+    fresh = mine(data, tmp_path / "c" / "lists.jsonl", reranker=OverlapScorer(), settings=_settings(), progress=False)
+    assert _lists(reused.lists) == _lists(fresh.lists)
+    caplog.clear()
+    other = mine(data, tmp_path / "d" / "lists.jsonl", settings=_settings(top_n=10), progress=False,
+                 candidates_from=first.lists)
+    assert "of another first stage" in caplog.text
+    assert all(len(o["negatives"]) <= 10 for o in _lists(other.lists).values())

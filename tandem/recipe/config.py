@@ -147,8 +147,8 @@ class RecipeConfig:
 
     def mine_settings(self, n_train: int):
         """The mining and denoising settings of the lists and denoise stages: the recipe's own fields, then
-        ``mine`` (any :class:`~tandem.mine.MineSettings` field; an unknown one is a ConfigError)."""
-        from tandem.mine import MineSettings
+        ``mine`` (any :class:`~tandem.mining.MineSettings` field; an unknown one is a ConfigError)."""
+        from tandem.mining import MineSettings
         from tandem.settings import load_settings
 
         own = {"top_n": self.top_n, "low": self.low, "high": self.high, "denoise_top": self.denoise_top,

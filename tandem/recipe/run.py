@@ -255,16 +255,13 @@ class _Runner:
         self._system("hybrid-zero-shot", "hybrid-zero-shot")
 
         def lists(d: Path, reranker: str | None = None) -> None:
-            from tandem.mine import mine
+            from tandem.mining import mine
 
             ms = cfg.mine_settings(len(self.train_ds.qrels))
-            if reranker is not None:  # denoising: the lists stage mined these candidates; resume from them
-                work = d / "lists.mine"
-                work.mkdir(parents=True, exist_ok=True)
-                for name in ("candidates.jsonl", "manifest.json"):
-                    shutil.copy2(out / "lists" / "lists.mine" / name, work / name)
+            # denoising: the lists stage mined these candidates; reused from it
             mine(self.data_dir, d / "lists.jsonl", index=out / "zs-index" / "index", reranker=reranker, settings=ms,
-                 progress=self.progress, ds=self.train_ds)
+                 progress=self.progress, ds=self.train_ds,
+                 candidates_from=out / "lists" / "lists.jsonl" if reranker is not None else None)
 
         extra = {"mine": cfg.mine} if cfg.mine else {}  # (without it, the keys of runs made before `mine:`)
         st.run("lists", {"top_n": cfg.top_n, **extra}, lists, after=("zs-index",))
@@ -468,6 +465,7 @@ class _Runner:
         candidates the lists were mined from), saved in place (:mod:`tandem.train.lexical`); ``{"lexical_fit":
         what was measured}``, or ``{}`` for a re-ranker without a bounded lexical weight."""
         from tandem.io import atomic_dir, iter_jsonl
+        from tandem.mining.run import work_dir
         from tandem.models.reranker import Reranker
         from tandem.train.lexical import fit_lexical_weight
         from tandem.train.lists import first_by_hash, heldout_qids
@@ -476,7 +474,7 @@ class _Runner:
         if getattr(reranker, "lexical", None) != "bounded":
             return {}  # a plain cross-encoder (or a gated one saved with the raw feature) has no bounded weight
         candidates = {e["qid"]: [c["pid"] for c in sorted(e["candidates"], key=lambda c: c["rank"])]
-                      for _, e in iter_jsonl(self.out / "lists" / "lists.mine" / "candidates.jsonl")}
+                      for _, e in iter_jsonl(work_dir(self.out / "lists" / "lists.jsonl") / "candidates.jsonl")}
         qrels = self.train_ds.qrels
         held = heldout_qids([q for q in qrels if q in self.train_ds.queries], self.cfg.heldout_fraction)
         pool = [q for q in candidates if q in qrels and q in self.train_ds.queries and q not in held
