@@ -147,6 +147,8 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: dict[
     for k, v in (overrides or {}).items():
         values[k] = merge_mapping(k, values[k], v) if _is_mapping(hints.get(k)) and isinstance(values.get(k), dict) \
             else v
+    if hasattr(cls, "upgrade"):  # settings as older files wrote them, in today's terms
+        values = cls.upgrade(values)
     fields = {f.name for f in dataclasses.fields(cls)}
     for other, name in getattr(cls, "ALIASES", {}).items():  # the spelling another command uses for a setting
         if other in values and name not in values:

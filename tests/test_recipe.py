@@ -204,10 +204,10 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     plan = run_recipe(cfg, out, dry_run=True)["plan_seconds"]
     assert plan["retriever-warmup"] > 0 and plan["retriever-warmup-index"] > 0
     assert "not an equal-budget baseline" in (out / "report.md").read_text()
-    # retriever_only_equal_steps: the warm-up continued alone for the joint's steps, in the joint stage's shape
+    # retriever_only=equal-steps: the warm-up continued alone for the joint's steps, in the joint stage's shape
     equal = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_steps=2, denoise=False, hybrid=False, joint_steps=3,
                  retriever_warmup_train={"list_size": 2, "batch_size": 4, "in_batch_negatives": True},
-                 joint_train={"batch_size": 3, "retriever_ce_weight": 1.0}, retriever_only_equal_steps=True)
+                 joint_train={"batch_size": 3, "retriever_ce_weight": 1.0}, retriever_only="equal-steps")
     report = run_recipe(equal, out, progress=False)
     alone = json.loads((out / "retriever-alone" / "config.json").read_text())
     joint = json.loads((out / "joint" / "config.json").read_text())

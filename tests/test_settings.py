@@ -35,3 +35,27 @@ def test_mapping_override_without_a_file_and_bad_values(recipe_file):
         load_recipe(recipe_file, ["mine=5"])
     with pytest.raises(ConfigError, match="mine: .*denoise_dept"):  # an unknown key still names itself
         load_recipe(recipe_file, ["mine={denoise_dept: 5}"]).mine_settings(100)
+
+
+def test_the_retriever_only_row_is_one_setting_and_older_configs_still_mean_the_same(tmp_path):
+    """`retriever_only` names the report's baseline row; the three flags configs used before it translate."""
+    from tandem.recipe import RecipeConfig
+
+    warm = {"retriever_warmup_steps": 5}
+    assert load_recipe(None, warm).retriever_only_row == "warmup"
+    assert load_recipe(None, {}).retriever_only_row == ""  # no warm-up: nothing to report as it
+    assert load_recipe(None, {**warm, "retriever_only": "equal-steps"}).retriever_only_row == "equal-steps"
+    assert load_recipe(None, {**warm, "retriever_only": "none"}).retriever_only_row == ""
+    # as older configs wrote it (steps first, then equal-steps, as they ranked them)
+    assert load_recipe(None, ["retriever_only_steps=3"]).retriever_only_row == "steps"
+    old = tmp_path / "old.yaml"
+    old.write_text("retriever_warmup_steps: 5\nretriever_only_steps: 0\nretriever_only_equal_steps: true\n")
+    assert load_recipe(old).retriever_only_row == "equal-steps"
+    assert load_recipe(None, {**warm, "index_retriever_warmup": "false"}).retriever_only_row == ""
+    assert load_recipe(None, {**warm, "retriever_only_steps": 2, "retriever_only_equal_steps": True}).retriever_only \
+        == "steps"
+    assert RecipeConfig(**RecipeConfig.upgrade({"retriever_only_steps": 4})).retriever_only_row == "steps"
+    with pytest.raises(ConfigError, match="retriever_only_steps > 0"):
+        _ = load_recipe(None, {"retriever_only": "steps"}).retriever_only_row
+    with pytest.raises(ConfigError, match="expected one of"):
+        _ = load_recipe(None, {"retriever_only": "alone"}).retriever_only_row

@@ -25,6 +25,7 @@ HYBRID_EXTRA_PAIRS = 1.45
 # SciFact 5%, NFCorpus 27%) and the share of their deeper candidates then scored before one is found (NFCorpus 52%)
 DEEPENED_QUERIES = 0.15
 DEEPENED_SCORED = 0.5
+RETRIEVER_ONLY = ("warmup", "equal-steps", "steps", "none")
 
 
 def default_rates() -> dict[str, float]:
@@ -82,14 +83,15 @@ class RecipeConfig:
     denoise_queries: int = _f(-1, "training queries the re-ranker denoises: -1 as many as the joint stage draws "
                                   "(joint_steps x lists per step, held-out ones included), 0 all, N that many; "
                                   "the joint stage trains on those")
-    retriever_only_steps: int = _f(0, "steps of the retriever-only baseline (0: skip it)")
-    index_retriever_warmup: bool = _f(True, "with retriever_warmup_steps and no retriever-only baseline: index the "
-                                            "warm-up retriever (trained alone) and report it as `retriever-only`, "
-                                            "so the report shows what the joint stage adds to it")
-    retriever_only_equal_steps: bool = _f(False, "with retriever_warmup_steps: the `retriever-only` row continues the "
-                                                 "warm-up alone for joint_steps on the joint's lists in the joint "
-                                                 "stage's shape (its own listwise CE in place of CE + KL): the joint "
-                                                 "retriever's budget, step for step")
+    retriever_only: str = _f("warmup", "the report's `retriever-only` row, the joint retriever's baseline: warmup "
+                                       "(the retriever warm-up itself, trained alone, from which joint training "
+                                       "starts; with retriever_warmup_steps), equal-steps (the warm-up continued "
+                                       "alone for joint_steps on the joint's lists in the joint stage's shape, its "
+                                       "own listwise CE in place of CE + KL: the joint retriever's budget, step for "
+                                       "step; with retriever_warmup_steps), steps (trained alone from the start "
+                                       "model for retriever_only_steps on the joint's lists) or none")
+    retriever_only_steps: int = _f(0, "retriever_only=steps: its training steps (set alone, as configs written "
+                                      "before retriever_only did, it means retriever_only=steps)")
     peers: str = _f("", "result.json of benchmarks/peers_scifact.py: its systems join the report as peer rows")
     denoise: bool = _f(True, "denoise the lists with the warmed-up re-ranker (hybrid lists: undenoised + denoised "
                              "pools, pseudo-positives) before joint training")
@@ -174,17 +176,36 @@ class RecipeConfig:
                 "reranker_arch": self.reranker_arch, **(self.train or {}), **own}
 
     @property
-    def retriever_only(self) -> str:
-        """Where the `retriever-only` row comes from: ``steps`` (trained alone from the start model for
-        retriever_only_steps), ``equal-steps`` (the warm-up continued alone for joint_steps), ``warmup`` (the
-        warm-up itself) or ``""`` (no such row)."""
-        if self.retriever_only_steps:
-            return "steps"
-        if self.retriever_warmup_steps and self.retriever_only_equal_steps:
-            return "equal-steps"
-        if self.retriever_warmup_steps and self.index_retriever_warmup:
-            return "warmup"
-        return ""
+    def retriever_only_row(self) -> str:
+        """Where the `retriever-only` row comes from (``retriever_only``), or ``""`` where the recipe has none: the
+        warm-up and equal-steps rows need a retriever warm-up."""
+        if self.retriever_only not in RETRIEVER_ONLY:
+            raise ConfigError(f"retriever_only={self.retriever_only!r}: expected one of {', '.join(RETRIEVER_ONLY)}")
+        if self.retriever_only == "steps" and self.retriever_only_steps <= 0:
+            raise ConfigError("retriever_only=steps needs retriever_only_steps > 0")
+        if self.retriever_only in ("warmup", "equal-steps") and not self.retriever_warmup_steps:
+            return ""
+        return "" if self.retriever_only == "none" else self.retriever_only
+
+    @staticmethod
+    def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+        """Settings as configs wrote them before ``retriever_only`` was one setting, in its terms (the steps row
+        first, then equal-steps, as those configs ranked them): ``retriever_only_steps: N`` alone means
+        ``retriever_only: steps``, ``retriever_only_equal_steps: true`` ``equal-steps``, ``index_retriever_warmup:
+        false`` ``none``."""
+        from tandem.settings import coerce
+
+        values = dict(values)
+        equal = coerce("retriever_only_equal_steps", values.pop("retriever_only_equal_steps", False), bool)
+        index_warmup = coerce("index_retriever_warmup", values.pop("index_retriever_warmup", True), bool)
+        if "retriever_only" not in values:
+            if coerce("retriever_only_steps", values.get("retriever_only_steps", 0), int) > 0:
+                values["retriever_only"] = "steps"
+            elif equal:
+                values["retriever_only"] = "equal-steps"
+            elif not index_warmup:
+                values["retriever_only"] = "none"
+        return values
 
     @property
     def fits_lexical_weight(self) -> bool:

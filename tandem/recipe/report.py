@@ -144,7 +144,7 @@ def _cell(value) -> str:
 def _retriever_only_sentence(cfg: dict[str, Any]) -> str:
     """What the report's `retriever-only` row is, from the run's recorded config."""
     known = {f.name for f in fields(RecipeConfig)}
-    source = RecipeConfig(**{k: v for k, v in cfg.items() if k in known}).retriever_only
+    source = RecipeConfig(**{k: v for k, v in RecipeConfig.upgrade(cfg).items() if k in known}).retriever_only_row
     joint, warm = cfg.get("joint_steps"), cfg.get("retriever_warmup_steps")
     return {
         "steps": " `retriever-only`: the retriever trained alone on the joint lists "
@@ -155,7 +155,7 @@ def _retriever_only_sentence(cfg: dict[str, Any]) -> str:
                        "KL): the joint retriever's budget, step for step.",
         "warmup": f" `retriever-only`: the retriever warm-up ({warm} steps, trained alone), from which joint training "
                   f"starts; the joint retriever has trained {joint} steps more, so this is not an equal-budget "
-                  "baseline (`retriever_only_equal_steps=true` adds one).",
+                  "baseline (`retriever_only=equal-steps` adds one).",
     }.get(source, "")
 
 

@@ -270,7 +270,7 @@ class _Runner:
         if cfg.retriever_warmup_steps:
             self._train("retriever-warmup", "retriever", cfg.retriever_warmup_steps, self.model, None,
                         after=("lists",))
-            warm = "retriever-only" if cfg.retriever_only == "warmup" else "retriever-warmup"  # its row
+            warm = "retriever-only" if cfg.retriever_only_row == "warmup" else "retriever-warmup"  # its row
             self._index_stage("retriever-warmup", warm, tq, start="zero-shot")
             if self._adopt(warm, "retriever warm-up"):
                 start, start_after = str(out / "retriever-warmup" / "retriever"), ("retriever-warmup",)
@@ -356,11 +356,11 @@ class _Runner:
             self._system("hybrid+reranker", "rerank", "hybrid.trec", start="hybrid",
                          note=f"joint re-ranker over the top-{self.depths['hybrid']} of hybrid")
             self._adopt("hybrid+reranker", "joint re-ranker over the hybrid first stage")
-        if cfg.retriever_only == "equal-steps":  # the joint stage's settings, the retriever's own loss alone
+        if cfg.retriever_only_row == "equal-steps":  # the joint stage's settings, the retriever's own loss alone
             self._train("retriever-alone", "retriever", cfg.joint_steps, start, None,
                         after=(lists_stage, *start_after), lists=lists_stage, shape_of="joint")
             self._index_stage("retriever-alone", "retriever-only", tq, start=start_system)
-        if cfg.retriever_only == "steps":
+        if cfg.retriever_only_row == "steps":
             self._train("retriever-only", "retriever", cfg.retriever_only_steps, self.model, None,
                         after=(lists_stage, "warmup") if cfg.denoise else ("lists",), lists=lists_stage)
             self._index_stage("retriever-only", "retriever-only", tq, start="zero-shot")

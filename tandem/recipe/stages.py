@@ -86,13 +86,13 @@ STAGES: tuple[Stage, ...] = (  # in the order they run
           lambda c: c.rerank(), lambda m: m.inference()),
     Stage("retriever-alone", lambda cfg: (_lists_of_joint(cfg), "retriever-warmup-index"),
           lambda c: c.retriever_alone(), lambda m: m.retriever_alone(),
-          when=lambda cfg: cfg.retriever_only == "equal-steps", training=True),
+          when=lambda cfg: cfg.retriever_only_row == "equal-steps", training=True),
     Stage("retriever-alone-index", _fixed("retriever-alone"), lambda c: c.index(), lambda m: m.index(),
-          when=lambda cfg: cfg.retriever_only == "equal-steps"),
+          when=lambda cfg: cfg.retriever_only_row == "equal-steps"),
     Stage("retriever-only", lambda cfg: (_lists_of_joint(cfg),), lambda c: c.retriever_only(),
-          lambda m: m.retriever_only(), when=lambda cfg: cfg.retriever_only == "steps", training=True),
+          lambda m: m.retriever_only(), when=lambda cfg: cfg.retriever_only_row == "steps", training=True),
     Stage("retriever-only-index", _fixed("retriever-only"), lambda c: c.index(), lambda m: m.index(),
-          when=lambda cfg: cfg.retriever_only == "steps"),
+          when=lambda cfg: cfg.retriever_only_row == "steps"),
 )
 STAGE = {s.name: s for s in STAGES}
 STAGE_ORDER = [s.name for s in STAGES]
