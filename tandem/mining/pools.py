@@ -16,6 +16,7 @@ from tandem.mining.denoise import calibrated
 from tandem.mining.lines import iter_lines
 from tandem.mining.near import NearCopies
 from tandem.mining.settings import MineSettings
+from tandem.train.lists import DENOISED, UNDENOISED, NegativeEntry, PositiveEntry
 
 
 def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Mapping[str, float],
@@ -31,7 +32,7 @@ def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Ma
     unlabelled = [c for c in candidates if c["pid"] not in labelled_set]
     undenoised = []
     for c in unlabelled:
-        e = {"pid": c["pid"], "rank": c["rank"], "score": c["score"], "source": "undenoised"}
+        e: NegativeEntry = {"pid": c["pid"], "rank": c["rank"], "score": c["score"], "source": UNDENOISED}
         if c["pid"] in probs:
             e["ce"] = round(probs[c["pid"]], 5)
         undenoised.append(e)
@@ -45,10 +46,10 @@ def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Ma
         clean = [e for e in scored if ce_rank[e["pid"]] > settings.low_rank]
         pseudo = [e for e in scored if ce_rank[e["pid"]] <= settings.high_rank]
     pseudo = sorted(pseudo, key=lambda e: -probs[e["pid"]])[: settings.max_pseudo]
-    positives = [{"pid": p} for p in labelled]
+    positives: list[PositiveEntry] = [{"pid": p} for p in labelled]
     positives += [{"pid": e["pid"], "pseudo": True, "score": round(probs[e["pid"]], 5),
                    "rank": e["rank"]} for e in pseudo]
-    denoised = [{**e, "source": "denoised"} for e in clean if e["pid"] not in near]
+    denoised: list[NegativeEntry] = [{**e, "source": DENOISED} for e in clean if e["pid"] not in near]
     return positives, [e for e in undenoised if e["pid"] not in near], denoised
 
 
@@ -145,7 +146,7 @@ def write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | None
                 n_no_neg += 1
                 continue
             if qid in deep and usable and not denoised:
-                below = [{**e, "source": "denoised"} for e in deep[qid]["denoised"]]
+                below = [{**e, "source": DENOISED} for e in deep[qid]["denoised"]]
                 denoised += below
                 n_deep_found += bool(below)
                 n_deep_denoised += len(below)

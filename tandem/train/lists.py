@@ -1,8 +1,8 @@
 """Training lists: one query, its positives and a pool of negatives (the file ``tandem mine``
 writes and ``tandem train --lists`` reads).
 
-On disk, JSON lines: ``{"qid", "query"?, "positives": [{"pid", "score"?, "pseudo"?}],
-"negatives": [{"pid", "score"?, "source"}]}``; texts are looked up in the corpus. The trainer
+On disk, JSON lines: ``{"qid", "query"?, "positives": [PositiveEntry], "negatives": [NegativeEntry]}`` (the
+entries' keys below); texts are looked up in the corpus. The trainer
 draws one positive and ``m`` negatives per list each epoch from ``seed`` + epoch + list index,
 so a run replays (and resumes) without storing the samples.
 """
@@ -13,7 +13,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypedDict
 
 import numpy as np
 
@@ -24,11 +24,37 @@ from tandem.io import atomic_open, iter_jsonl
 log = logging.getLogger(__name__)
 
 
+# the negatives' sources that mining writes: the two pools of RocketQAv2's hybrid lists
+UNDENOISED, DENOISED = "undenoised", "denoised"
+
+
+class _Entry(TypedDict):
+    pid: str  # a passage id of the corpus (every entry has one)
+
+
+class PositiveEntry(_Entry, total=False):
+    """A positive of a training list: a labelled one (``pid`` alone) or a pseudo-positive."""
+
+    pseudo: bool  # an unlabelled candidate the denoiser scored clearly relevant (tandem mine)
+    score: float  # pseudo: the denoiser's calibrated probability
+    rank: int  # pseudo: its first-stage rank
+
+
+class NegativeEntry(_Entry, total=False):
+    """A negative of a training list."""
+
+    source: str  # its pool: UNDENOISED or DENOISED (tandem mine; the sampler draws denoised_share from the
+    # second), else where the list file got it ("bm25", "random", "msmarco-bm25", a run's name): undenoised
+    rank: int  # its first-stage rank
+    score: float  # its first-stage score
+    ce: float  # the denoiser's calibrated probability, where it scored the candidate
+
+
 @dataclass
 class TrainingList:
     qid: str
-    positives: list[dict]
-    negatives: list[dict]
+    positives: list[PositiveEntry]
+    negatives: list[NegativeEntry]
     query: str | None = None
 
     def to_json(self) -> dict:
@@ -223,8 +249,8 @@ class ListSampler:
         rng = np.random.default_rng([self.seed, epoch, i, 7])
         pos = self._positive(lst, rng)
         query = self.query(i)
-        denoised = [e["pid"] for e in lst.negatives if e.get("source") == "denoised" and e["pid"] != pos]
-        undenoised = [e["pid"] for e in lst.negatives if e.get("source") != "denoised" and e["pid"] != pos]
+        denoised = [e["pid"] for e in lst.negatives if e.get("source") == DENOISED and e["pid"] != pos]
+        undenoised = [e["pid"] for e in lst.negatives if e.get("source") != DENOISED and e["pid"] != pos]
         if self.denoised_share >= 1 and denoised:  # one pool: the share asks for it, or the other is empty
             pool = denoised
         elif (self.denoised_share <= 0 or not denoised) and undenoised:
