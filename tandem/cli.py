@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from tandem.errors import TandemError, UsageError
+from tandem.errors import ConfigError, TandemError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tandem: train a dense retriever and a re-ranker together (RocketQAv2) and search with them.")
@@ -589,9 +589,19 @@ def mine(ctx: typer.Context,
                    calibration=calibration.value, denoise_top=denoise_top, max_pseudo=max_pseudo,
                    denoise_queries=denoise_queries)
     settings = load_settings(MineSettings, overrides={**options, **parse_overrides(mine_set)})
-    result = _mine(data, out, retriever=retriever, index=index, reranker=reranker, warmup_reranker=warmup_reranker,
-                   warmup_steps=warmup_steps, warmup_overrides=list(ctx.args), settings=settings, progress=progress,
-                   restart=restart, backend=backend.value)
+    if reranker and warmup_reranker:
+        raise ConfigError("give a trained re-ranker (--reranker) or ask for a warm-up (--warmup-reranker), not both")
+    first = dict(data=data, out=out, retriever=retriever, index=index, settings=settings, progress=progress,
+                 backend=backend.value)
+    if warmup_reranker:  # the undenoised lists, a re-ranker warmed up on them, then the same candidates denoised
+        from tandem.mining.run import work_dir
+        from tandem.train.api import warmup_reranker as warm_up
+
+        _mine(**first, restart=restart)
+        reranker = str(warm_up(data, out, work_dir(out) / "warmup", warmup_steps, list(ctx.args),
+                               settings.calibration_fraction, progress))
+        restart = False
+    result = _mine(**first, reranker=reranker, restart=restart, warmed_up=warmup_reranker)
     r = result.report
     _echo_err(f"mine: {r['lists']} lists -> {out} ({r['total_seconds']:.0f}s); mean "
               f"{r['candidates_per_query']['mean']:.1f} "

@@ -175,6 +175,13 @@ def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path)
     rep = json.loads((tmp_path / "lists.report.json").read_text())
     assert rep["lists"] == 10 and rep["denoising"]["calibration"]["method"] == "platt"
     assert (tmp_path / "lists.mine" / "warmup" / "reranker").is_dir()
+    # the command again: the warm-up is done (same settings, same undenoised lists), the lists come out the same
+    done, lists = (tmp_path / "lists.mine" / "warmup" / "done.json").stat().st_mtime_ns, out.read_text()
+    r = tandem("mine", "--data", str(tiny_dataset), "--out", str(out), "--retriever", str(tiny_model_dir),
+               "--bm25", "--top-n", "8", "--warmup-reranker", "--warmup-steps", "2", "--low", "0.5", "--high", "0.99",
+               "list_size=4", "batch_size=2", "query_max_length=16", "reranker_max_length=48", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "lists.mine" / "warmup" / "done.json").stat().st_mtime_ns == done and out.read_text() == lists
     first = [json.loads(l)["negatives"][0] for l in open(out)]
     assert all({"pid", "rank", "score", "source"} <= e.keys() for e in first)
     r = tandem("train", "--data", str(tiny_dataset), "--lists", str(out), "--out", str(tmp_path / "t"), "--mode",

@@ -25,7 +25,9 @@ with: a file made with other settings is discarded and redone, never mixed.
 The package, one module a step: :mod:`~tandem.mining.candidates` (1), :mod:`~tandem.mining.denoise` (3-4 and the
 deeper search), :mod:`~tandem.mining.pools` (5; :mod:`~tandem.mining.near` its near copies),
 :mod:`~tandem.mining.report`, :mod:`~tandem.mining.lines` (the resumable work files),
-:mod:`~tandem.mining.settings` and :mod:`~tandem.mining.run` (:func:`mine`, the steps in order; the warm-up, 2).
+:mod:`~tandem.mining.settings` and :mod:`~tandem.mining.run` (:func:`mine`, the steps in order). Step 2 trains,
+so it is the caller's: :func:`tandem.train.api.warmup_reranker` between a mining without a re-ranker and one
+with it (``tandem mine --warmup-reranker``), on the same candidates.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from tandem.data.types import Dataset
-from tandem.errors import ConfigError, IncompatibleArtifactError, UsageError
+from tandem.errors import IncompatibleArtifactError, UsageError
 from tandem.io import read_json, write_json
 from tandem.mining.candidates import Searchers, retrieve
 from tandem.mining.denoise import calibrate, deepen, denoise_subset, heldout_qids, score_candidates
-from tandem.mining.lines import done_qids, iter_lines
-from tandem.mining.pools import build_pools, queries_without_denoised, write_lists
+from tandem.mining.lines import done_qids
+from tandem.mining.pools import queries_without_denoised, write_lists
 from tandem.mining.report import write_report
 from tandem.mining.settings import MineResult, MineSettings
 
@@ -29,20 +29,20 @@ def labelled_positives(ds: Dataset) -> dict[str, list[str]]:
 
 
 def mine(data: str | Path, out: str | Path, retriever: str | None = None, index: str | Path | None = None,
-         reranker: Any = None, warmup_reranker: bool = False, warmup_steps: int = 60,
-         warmup_overrides: dict[str, Any] | list[str] | None = None, settings: MineSettings | None = None,
+         reranker: Any = None, settings: MineSettings | None = None,
          progress: bool = True, restart: bool = False, ds: Dataset | None = None, backend: str = "torch",
-         candidates_from: str | Path | None = None, _stop: dict[str, int] | None = None) -> MineResult:
+         candidates_from: str | Path | None = None, warmed_up: bool = False,
+         _stop: dict[str, int] | None = None) -> MineResult:
     """Mine, (optionally) denoise and write training lists to ``out``; the report goes beside it.
 
     Args:
         retriever: dense retriever (id or dir; None: the default model) unless ``index`` is given.
         index: a built tandem index to retrieve from (its model encodes the queries).
-        reranker: a trained re-ranker to denoise with (id, dir, or a loaded model with ``predict``); or
-            ``warmup_reranker`` to train one first on the undenoised lists (``warmup_steps`` of ``--mode reranker``,
-            ``warmup_overrides``).
-            With neither, the lists hold the undenoised pool only.
+        reranker: a trained re-ranker to denoise with (id, dir, or a loaded model with ``predict``); without one
+            the lists hold the undenoised pool only (and can warm one up:
+            :func:`tandem.train.api.warmup_reranker`, as ``tandem mine --warmup-reranker`` does).
         restart: discard the work files of an earlier run instead of resuming.
+        warmed_up: the re-ranker was warmed up on these candidates' undenoised lists (the report says so).
         candidates_from: the lists file of an earlier mining whose candidates this one reuses instead of
             retrieving again (the recipe's denoise stage reuses its lists stage's); used only where they were made
             with the same first stage and settings, else retrieved anew.
@@ -52,8 +52,6 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
 
     settings = settings or MineSettings()
     settings.check()
-    if reranker and warmup_reranker:
-        raise ConfigError("give a trained re-ranker (--reranker) or ask for a warm-up (--warmup-reranker), not both")
     t_start = time.perf_counter()
     directory = resolve_dataset(data) if ds is None else Path(str(data))
     ds = ds or load_beir(directory, settings.split)
@@ -95,11 +93,6 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
 
         capped = set(first_by_hash(held, settings.calibration_max_queries, "calibration"))
         held, uncalibrated = capped, held - capped
-    if warmup_reranker:
-        t0 = time.perf_counter()
-        reranker = str(_warmup(ds, directory, work, cand_path, positives, settings, warmup_steps, warmup_overrides,
-                               progress, state))
-        seconds["warmup"] = time.perf_counter() - t0
     calibration = ident = only = deep_path = None
     if reranker is not None:
         from tandem.models.hf import model_fingerprint, resolve_model
@@ -170,7 +163,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
     seconds["lists"] = time.perf_counter() - t0
     report.update({"settings": asdict(settings), "retriever": retriever, "index": str(index) if index else None,
                    "reranker": ident,
-                   "warmup_reranker": warmup_reranker,
+                   "warmup_reranker": warmed_up,
                    "queries_left_out": skipped, "seconds": seconds,
                    "total_seconds": time.perf_counter() - t_start, "lists_file": str(out)})
     write_report(out, report)
@@ -208,31 +201,3 @@ def _invalidate(work: Path, state: dict, phase: str, key: dict, files: list[str]
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-
-
-def _warmup(ds, directory, work: Path, cand_path: Path, positives, settings: MineSettings, steps: int,
-            overrides, progress: bool, state: dict) -> Path:
-    """Train a re-ranker (reranker mode, gated by default) on the undenoised lists; resumable."""
-    from tandem.train.api import train
-    from tandem.train.lists import TrainingList, write_lists
-
-    target = work / "warmup"
-    extra = dict(o.split("=", 1) for o in overrides) if isinstance(overrides, list) else dict(overrides or {})
-    ov = {"reranker_arch": "gated", "heldout_fraction": settings.calibration_fraction, **extra,
-          "mode": "reranker", "max_steps": steps}
-    key = {"steps": steps, "overrides": ov}
-    _invalidate(work, state, "warmup", key, ["warmup", "scores.jsonl"])
-    state["warmup"] = key
-    write_json(work / "manifest.json", state)
-    if (target / "done.json").exists():
-        return target / "reranker"
-    lists = []
-    for rec in iter_lines(cand_path):
-        pos, negs, _ = build_pools(rec["qid"], rec["candidates"], positives[rec["qid"]], {}, settings)  # unscored
-        if negs:
-            lists.append(TrainingList(rec["qid"], pos, negs))
-    write_lists(work / "undenoised.jsonl", lists)
-    log.info("mine: warming up a re-ranker for %d steps on %d undenoised lists", steps, len(lists))
-    train(directory, target, lists=work / "undenoised.jsonl", overrides=ov, resume=True, progress=progress)
-    write_json(target / "done.json", {"steps": steps})
-    return target / "reranker"

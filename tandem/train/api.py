@@ -82,3 +82,39 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
     r, ce = load_models(cfg, retriever, reranker, ds.corpus)
     trainer = Trainer(cfg, ds.corpus, ds.queries, training, out, r, ce, progress=progress, validator=validator)
     return trainer.train(resume=resume)
+
+
+def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps: int,
+                    overrides: dict[str, Any] | list[str] | None = None, heldout_fraction: float = 0.1,
+                    progress: bool = True) -> Path:
+    """A re-ranker (``--mode reranker``, the gated architecture unless ``overrides`` say otherwise) trained for
+    ``steps`` on the training lists ``lists`` (the undenoised lists ``tandem mine`` writes without a re-ranker), for
+    when no trained cross-encoder is at hand to denoise with; its directory ``out/reranker``.
+
+    ``heldout_fraction`` of the queries (by a hash of the id: mining's calibration queries at its
+    ``calibration_fraction``) are held out, so that the re-ranker is calibrated on queries it never trained on.
+    Resumable (a killed warm-up continues from its checkpoint), and done once for the same settings and lists: other
+    settings train it afresh.
+    """
+    import shutil
+
+    from tandem.io import read_json, sha256_file, write_json
+
+    out = Path(out)
+    extra = dict(o.split("=", 1) for o in overrides) if isinstance(overrides, list) else dict(overrides or {})
+    ov = {"reranker_arch": "gated", "heldout_fraction": heldout_fraction, **extra, "mode": "reranker",
+          "max_steps": steps}
+    key = {"steps": steps, "overrides": ov, "lists": sha256_file(lists)}
+    done = out / "done.json"
+    if done.exists() and read_json(done).get("key") == key:
+        return out / "reranker"
+    started = out / "started.json"
+    if out.exists() and not (started.exists() and read_json(started).get("key") == key):
+        log.warning("warm-up: %s was trained with other settings or lists; training afresh", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(started, {"key": key})
+    log.info("warming up a re-ranker for %d steps on %s", steps, lists)
+    train(data, out, lists=lists, overrides=ov, resume=True, progress=progress)
+    write_json(done, {"key": key, "steps": steps})
+    return out / "reranker"
