@@ -356,6 +356,8 @@ def test_heldout_validation_and_its_absence(tiny_model_dir, tiny_dataset, tmp_pa
     ds = load_beir(tiny_dataset, "train")
     val = choose_validation(_cfg(tiny_model_dir, tiny_dataset, validation_min_queries=5), tiny_dataset, ds, "test")
     assert val.source == "heldout" and set(val.queries) == heldout_qids(list(ds.qrels), 0.2)
+    # in the qrels' order (a set's would change from process to process, and with it every paired test's p)
+    assert list(val.queries) == [q for q in ds.qrels if q in val.queries] == list(val.qrels)
     none = choose_validation(_cfg(tiny_model_dir, tiny_dataset), tiny_dataset, ds, "test")
     assert none.source == "none" and "validation is impossible" in none.why and "10 training queries" in none.why
     out = tmp_path / "run"

@@ -67,3 +67,18 @@ def test_list_settings_and_eval_split(tmp_path):
     only_train = write_beir(tmp_path / "ot", corpus, queries, {"train": qrels["train"]})
     with pytest.raises(ConfigError, match="neither a test nor a dev split"):
         eval_split_of(load_recipe(None, {}), only_train)
+
+
+def test_paired_test_does_not_depend_on_the_order_of_the_queries():
+    """The sign flips are drawn by position: the queries are put in one order first, so the same scores in another
+    dict order (validation queries once came from a set, whose order changes from process to process) give the same
+    p to the last digit."""
+    import random
+
+    rng = random.Random(5)
+    a = {f"q{i}": rng.random() for i in range(200)}
+    b = {q: v + rng.gauss(0.015, 0.2) for q, v in a.items()}  # a small difference: p in the middle, not at its floor
+    keys = list(a)
+    random.Random(1).shuffle(keys)
+    t, shuffled = paired_test(a, b), paired_test({q: a[q] for q in keys}, b)
+    assert 0.01 < t["p"] < 0.99 and t == shuffled

@@ -32,7 +32,7 @@ def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], rounds
         ``n`` queries, ``mean_a``, ``mean_b``, ``diff`` (mean of a - b), ``t``, two-sided ``p``
         (randomisation; 1.0 when every difference is 0), ``wins`` and ``losses`` of ``a``.
     """
-    keys = [k for k in a if k in b]
+    keys = sorted((k for k in a if k in b), key=str)  # one order whatever the dicts': the sign flips are positional
     if not keys:
         raise UsageError("paired test: the two systems share no query")
     x = np.asarray([float(a[k]) for k in keys])

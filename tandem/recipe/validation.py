@@ -82,7 +82,11 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
         return Validation("none", {}, {}, f"validation is impossible: no dev split and {n} training queries "
                                           f"(fewer than {cfg.validation_min_queries} to hold any out, or "
                                           f"heldout_fraction = 0): trained models are used without a check")
-    held = heldout_qids([q for q in train_ds.qrels if q in train_ds.queries], cfg.heldout_fraction)
+    qids = [q for q in train_ds.qrels if q in train_ds.queries]
+    # subtle: in the qrels' order, not the set's: a set of strings iterates in an order that changes from process to
+    # process (hash randomisation), and so did every sum and paired test over validation queries
+    held = set(heldout_qids(qids, cfg.heldout_fraction))
+    held = [q for q in qids if q in held]
     q, r = capped({k: train_ds.queries[k] for k in held}, {k: train_ds.qrels[k] for k in held})
     return Validation("heldout", q, r, f"{len(q)} held-out training queries (heldout_fraction "
                                        f"{cfg.heldout_fraction}; never trained on)")
