@@ -487,3 +487,37 @@ def test_heldout_min_queries_raises_the_held_out_share_without_a_dev_split(tiny_
     capped = run_recipe(_cfg(tiny_model_dir, data, heldout_min_queries=1000, heldout_max_fraction=0.2, **base),
                         tmp_path / "c", dry_run=True)
     assert "heldout_fraction 0.2;" in capped["validation"]
+
+
+def test_a_denoising_setting_reruns_the_denoising_not_the_warmups(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """The lists stage (the undenoised lists the warm-ups train on) is keyed on the mining settings it depends on:
+    changing denoise_depth or high_from_precision reruns the denoise stage and what follows, not the lists, the
+    retriever warm-up or the re-ranker warm-up (~15 minutes of NFCorpus's demo on a 2-core CPU); a retrieval-side
+    setting (near_copy) does rerun them."""
+    from dataclasses import fields
+
+    from tandem.mining import MineSettings
+    from tandem.mining.settings import DENOISING_SETTINGS
+    from tandem.recipe import Stages
+
+    assert DENOISING_SETTINGS <= {f.name for f in fields(MineSettings)}
+    out = tmp_path / "run"
+    base = dict(retriever_warmup_steps=1, warmup_steps=1, joint_steps=1, rerank_depths=[5], hybrid_rerank=False)
+    run_recipe(_cfg(tiny_model_dir, tiny_dataset, **base, mine={"denoise_depth": 20}), out, progress=False)
+    ran = []
+    real = Stages.run
+
+    def spy(self, name, *a, **kw):
+        before = set(self.ran)
+        d = real(self, name, *a, **kw)
+        ran.extend(n for n in self.ran if n not in before)
+        return d
+
+    monkeypatch.setattr(Stages, "run", spy)
+    run_recipe(_cfg(tiny_model_dir, tiny_dataset, **base, mine={"denoise_depth": 0, "high_from_precision": 0.75}),
+               out, progress=False)
+    assert "denoise" in ran and "joint" in ran
+    assert not {"lists", "retriever-warmup", "warmup"} & set(ran)
+    ran.clear()
+    run_recipe(_cfg(tiny_model_dir, tiny_dataset, **base, mine={"near_copy": 0.5}), out, progress=False)
+    assert {"lists", "retriever-warmup", "warmup", "denoise"} <= set(ran)

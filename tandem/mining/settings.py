@@ -94,6 +94,14 @@ class MineSettings:
         return key
 
 
+# the settings that matter only where a re-ranker scores the candidates: a mining without one (the undenoised lists)
+# is the same whatever they are
+DENOISING_SETTINGS = frozenset({
+    "denoise_by", "low", "high", "low_from_positives", "high_from_precision", "low_rank", "high_rank", "calibration",
+    "calibration_fraction", "calibration_pool", "calibration_positives", "calibration_max_queries", "denoise_top",
+    "max_pseudo", "denoise_depth", "denoise_queries", "rerank_batch"})
+
+
 @dataclass
 class MineResult:
     lists: Path

@@ -264,7 +264,13 @@ class _Runner:
                  candidates_from=out / "lists" / "lists.jsonl" if reranker is not None else None)
 
         extra = {"mine": cfg.mine} if cfg.mine else {}  # (without it, the keys of runs made before `mine:`)
-        st.run("lists", {"top_n": cfg.top_n, **extra}, lists, after=("zs-index",))
+        # the undenoised lists are keyed on the mining settings they depend on: a denoising setting changes the denoise
+        # stage and what trains on it, not the lists the warm-ups train on
+        from tandem.mining.settings import DENOISING_SETTINGS
+
+        undenoised = {k: v for k, v in (cfg.mine or {}).items() if k not in DENOISING_SETTINGS}
+        st.run("lists", {"top_n": cfg.top_n, **({"mine": undenoised} if undenoised else {})}, lists,
+               after=("zs-index",))
         # what the re-ranker warm-up and joint training start from, and the system that stands for it
         start, start_after, start_system = self.model, (), "zero-shot"
         if cfg.retriever_warmup_steps:
