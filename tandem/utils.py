@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
+from tandem.errors import ConfigError
+
 
 def inference_device() -> str:
     """Where loaded models run: ``$TANDEM_DEVICE`` if set, else this process's GPU (``cuda:LOCAL_RANK``
@@ -74,7 +76,7 @@ def resolve_precision(precision: str | None, device) -> str:
     if precision in (None, "auto"):
         precision = os.environ.get("TANDEM_PRECISION") or "auto"
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
     device = torch.device(device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from tandem.errors import ConfigError
+
 DIRECTIONS = ("ce_to_de", "de_to_ce")
 REDUCTIONS = ("batchmean", "mean")
 
@@ -23,7 +25,7 @@ def list_kl(teacher_scores: Tensor, student_scores: Tensor, tau_teacher: float =
             ``mean`` divides by B * G, as Paddle's ``kldiv_loss`` default in the official RocketQAv2 code.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ConfigError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     log_p_t = F.log_softmax(teacher_scores / tau_teacher, dim=-1)  # (B, G)
     log_p_s = F.log_softmax(student_scores / tau_student, dim=-1)  # (B, G)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
@@ -41,4 +43,4 @@ def rocketqa_kl(ce_scores: Tensor, de_scores: Tensor, tau_de: float = 1.0, direc
         return list_kl(ce_scores, de_scores, 1.0, tau_de, reduction)
     if direction == "de_to_ce":
         return list_kl(de_scores, ce_scores, tau_de, 1.0, reduction)
-    raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tandem.errors import ConfigError
 from tandem.io import read_json
 from tandem.models.hf import load_backbone, load_tokenizer, resolve_model
 from tandem.models.pooling import POOLING_MODES, pool
@@ -38,9 +39,9 @@ class EncoderSettings:
 
     def __post_init__(self):
         if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+            raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
 
 
 def read_st_settings(path: Path) -> dict:
@@ -62,7 +63,7 @@ def read_st_settings(path: Path) -> dict:
                     if mode is None:
                         mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
                     if mode not in POOLING_MODES:
-                        raise ValueError(f"{cfg_path}: pooling {mode!r} is not supported (use mean or cls)")
+                        raise ConfigError(f"{cfg_path}: pooling {mode!r} is not supported (use mean or cls)")
                     found["pooling"] = mode
     sbert = path / "sentence_bert_config.json"
     if sbert.exists():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from tandem.errors import ConfigError
+
 POOLING_MODES = ("mean", "cls")
 
 
@@ -14,4 +16,4 @@ def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
     if mode == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
-    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+    raise ConfigError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
