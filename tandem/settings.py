@@ -21,15 +21,27 @@ def setting(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def _optional_of(typ: Any) -> Any | None:
+    """The type an ``Optional[T]`` / ``T | None`` hint wraps, or None for any other hint."""
+    if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return next(a for a in typing.get_args(typ) if a is not type(None))
+    return None
+
+
+def _is_mapping(typ: Any) -> bool:
+    typ = _optional_of(typ) or typ
+    return typ is dict or typing.get_origin(typ) is dict
+
+
 def coerce(name: str, value: Any, typ: Any) -> Any:
     """``value`` as ``typ`` (bool, int, float, str, dict, a list of ints, or an Optional of those), or ConfigError."""
     origin = typing.get_origin(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
+    inner = _optional_of(typ)
+    if inner is not None:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
-        return coerce(name, value, args[0])
-    if typ is dict or origin is dict:
+        return coerce(name, value, inner)
+    if _is_mapping(typ):
         if isinstance(value, str):  # key=value overrides: a YAML/JSON mapping, e.g. "{a: 1, b: 2}"
             import yaml
 
@@ -78,13 +90,6 @@ def coerce(name: str, value: Any, typ: Any) -> Any:
         if isinstance(value, bool):
             return str(value).lower()
     raise ConfigError(f"{name}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
-
-
-def _is_mapping(typ: Any) -> bool:
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_is_mapping(a) for a in typing.get_args(typ))
-    return typ is dict or origin is dict
 
 
 def merge_mapping(name: str, base: dict[str, Any], override: Any) -> dict[str, Any]:
@@ -158,10 +163,9 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: dict[
     if unknown:
         import difflib
 
-        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, fields, 2))}?)"
+        named = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, fields, 2))}?)"
                  if difflib.get_close_matches(k, fields, 1) else k for k in unknown]
-        raise ConfigError(f"unknown setting(s) {', '.join(hints)}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
+        raise ConfigError(f"unknown setting(s) {', '.join(named)}; known: {sorted(fields)}")
     return cls(**{k: coerce(k, v, hints[k]) for k, v in values.items()})
 
 

@@ -76,7 +76,7 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
                    "queries": len(qids)}
     _invalidate(work, state, "candidates", first_stage, ["candidates.jsonl", "index", "scores.jsonl", "warmup"])
     if candidates_from is not None and not (work / "candidates.jsonl").exists():
-        state = _reuse_candidates(work_dir(candidates_from), work, state, first_stage)
+        _reuse_candidates(work_dir(candidates_from), work, first_stage)
     state["candidates"] = first_stage
     write_json(work / "manifest.json", state)
     t0 = time.perf_counter()
@@ -176,20 +176,18 @@ def work_dir(lists: str | Path) -> Path:
     return lists.parent / (lists.name.removesuffix(".jsonl") + ".mine")
 
 
-def _reuse_candidates(source: Path, work: Path, state: dict, key: dict) -> dict:
-    """Another mining's candidates copied into ``work`` where they were made with the first stage ``key``; the
-    manifest state with their key recorded (or unchanged, with a warning, where they cannot be reused)."""
+def _reuse_candidates(source: Path, work: Path, key: dict) -> None:
+    """Another mining's candidates (work directory ``source``) copied into ``work`` where they were made with the
+    first stage ``key`` and are complete; else, with a warning, nothing (they are retrieved anew). The caller records
+    ``key`` in the manifest."""
     made = read_json(source / "manifest.json").get("candidates") if (source / "manifest.json").exists() else None
     done = done_qids(source / "candidates.jsonl") if (source / "candidates.jsonl").exists() else set()
     if made != key or len(done) < key["queries"]:
         log.warning("mine: the candidates in %s are %s: retrieving anew", source,
                     "not complete" if made == key else f"of another first stage ({made})")
-        return state
+        return
     shutil.copy2(source / "candidates.jsonl", work / "candidates.jsonl")
-    state = {**state, "candidates": key}
-    write_json(work / "manifest.json", state)
     log.info("mine: reusing the %d queries' candidates of %s", len(done), source)
-    return state
 
 
 def _invalidate(work: Path, state: dict, phase: str, key: dict, files: list[str]) -> None:

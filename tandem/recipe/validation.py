@@ -77,16 +77,16 @@ def choose_validation(cfg: RecipeConfig, directory: Path, train_ds, eval_split: 
         ds = load_beir(directory, want, corpus=train_ds.corpus)
         q, r = capped(ds.split_queries(), ds.qrels)
         return Validation(want, q, r, f"the {want} split ({len(q)} queries)")
-    n = sum(1 for q in train_ds.qrels if q in train_ds.queries)
+    qids = [q for q in train_ds.qrels if q in train_ds.queries]
+    n = len(qids)
     if cfg.heldout_fraction <= 0 or n < cfg.validation_min_queries:
         return Validation("none", {}, {}, f"validation is impossible: no dev split and {n} training queries "
                                           f"(fewer than {cfg.validation_min_queries} to hold any out, or "
                                           f"heldout_fraction = 0): trained models are used without a check")
-    qids = [q for q in train_ds.qrels if q in train_ds.queries]
     # subtle: in the qrels' order, not the set's: a set of strings iterates in an order that changes from process to
     # process (hash randomisation), and so did every sum and paired test over validation queries
-    held = set(heldout_qids(qids, cfg.heldout_fraction))
-    held = [q for q in qids if q in held]
+    held_set = heldout_qids(qids, cfg.heldout_fraction)
+    held = [q for q in qids if q in held_set]
     q, r = capped({k: train_ds.queries[k] for k in held}, {k: train_ds.qrels[k] for k in held})
     return Validation("heldout", q, r, f"{len(q)} held-out training queries (heldout_fraction "
                                        f"{cfg.heldout_fraction}; never trained on)")

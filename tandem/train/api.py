@@ -99,9 +99,10 @@ def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps:
     import shutil
 
     from tandem.io import read_json, sha256_file, write_json
+    from tandem.settings import parse_overrides
 
     out = Path(out)
-    extra = dict(o.split("=", 1) for o in overrides) if isinstance(overrides, list) else dict(overrides or {})
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     ov = {"reranker_arch": "gated", "heldout_fraction": heldout_fraction, **extra, "mode": "reranker",
           "max_steps": steps}
     key = {"steps": steps, "overrides": ov, "lists": sha256_file(lists)}
