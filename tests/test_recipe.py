@@ -184,7 +184,7 @@ def test_progress_bars_carry_the_stage_and_time_left(monkeypatch):
         assert bar.desc == "encoding"
 
 
-def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny_model_dir, tmp_path):
+def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     cfg = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_steps=2, denoise=False, hybrid=False,
                retriever_warmup_train={"list_size": 2, "batch_size": 4, "in_batch_negatives": True})
@@ -222,6 +222,24 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     plan = run_recipe(equal, out, dry_run=True)["plan_seconds"]
     assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0
     assert "retriever-warmup-index" in plan  # validated before use
+    # a copied run resumes where it stood: the stages naming models inside the run are keyed relative to it
+    import shutil
+
+    from tandem.recipe import Stages
+
+    ran, real = [], Stages.run
+
+    def spy(self, name, *a, **kw):
+        before = set(self.ran)
+        d = real(self, name, *a, **kw)
+        ran.extend(n for n in self.ran if n not in before)
+        return d
+
+    monkeypatch.setattr(Stages, "run", spy)
+    shutil.copytree(out, tmp_path / "copy")
+    again = run_recipe(equal, tmp_path / "copy", progress=False)
+    assert ran == [] and again["systems"]["joint-retriever"]["nDCG@10"] == report["systems"]["joint-retriever"]["nDCG@10"]
+    assert again["systems"]["retriever-only"]["run"] == str(tmp_path / "copy" / "retriever-alone-index" / "run.trec")
 
 
 def test_peer_results_join_the_report_as_rows(tmp_path):

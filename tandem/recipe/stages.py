@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ class Stages:
             raise KeyError(f"stage {name!r} is not in the recipe's stage table (tandem.recipe.stages.STAGES)")
         every_rank = STAGE[name].training
         barrier()
-        key_src = json.dumps({"settings": settings, "after": [self.keys[a] for a in after],
+        key_src = json.dumps({"settings": self._portable(settings), "after": [self.keys[a] for a in after],
                               "precision": self.precision}, sort_keys=True, default=str)
         key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self.keys[name] = key
@@ -187,6 +188,23 @@ class Stages:
                      watch.peak / 1e9)
         barrier()
         return stage_dir
+
+
+    def _portable(self, value: Any) -> Any:
+        """``value`` with the paths inside this run written relative to it (``$RUN/joint/retriever``): a stage's
+        key then survives copying or moving the run directory, so the copy resumes where the run stood instead of
+        retraining from the first stage whose settings name a model inside the run."""
+        if isinstance(value, dict):
+            return {k: self._portable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._portable(v) for v in value]
+        if isinstance(value, (str, Path)):
+            text = str(value)
+            for root in {str(self.out), str(self.out.resolve())}:
+                if text == root or text.startswith(root + os.sep):
+                    return "$RUN" + text[len(root):]
+            return text
+        return value
 
 
 def _minutes(seconds: float) -> str:
