@@ -1,6 +1,7 @@
 """Two configs of the demo (or any recipe) compared system by system, paired over queries with seeds pooled.
 
     python benchmarks/compare_demos.py --a runs/old-s1 runs/old-s2 --b runs/new-s1 runs/new-s2
+    python benchmarks/compare_demos.py --a runs/s1 runs/s2 --b runs/s1 runs/s2 --systems retriever-only joint-retriever
 
 Runs of --a and --b are paired by position (the same seed). For every system both reports have, prints B - A
 on validation (the queries both validated on) and on the reported split (mean nDCG@10 difference over (seed,
@@ -36,10 +37,11 @@ def _row(report: dict, system: str) -> dict:
 
 
 def _pairs(a_runs: list[Path], b_runs: list[Path], reports: dict[Path, dict], system: str, qrels,
-           val_qrels) -> dict[str, dict]:
+           val_qrels, system_b: str | None = None) -> dict[str, dict]:
+    """Per (seed, qid): A's ``system`` and B's ``system_b`` (default the same system), on test and validation."""
     out: dict[str, dict] = {"val": {}, "test": {}}
     for seed, (a, b) in enumerate(zip(a_runs, b_runs)):
-        ra, rb = (_row(reports[r], system) for r in (a, b))
+        ra, rb = _row(reports[a], system), _row(reports[b], system_b or system)
         for split, q, val in (("test", qrels, False), ("val", val_qrels[seed], True)):
             fa, fb = _file(a, ra, val), _file(b, rb, val)
             if fa is None or fb is None or q is None:
@@ -60,6 +62,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--a", nargs="+", required=True, help="runs of config A (one per seed)")
     ap.add_argument("--b", nargs="+", required=True, help="runs of config B (the same seeds, in the same order)")
+    ap.add_argument("--systems", nargs=2, metavar=("SYSTEM_A", "SYSTEM_B"),
+                    help="compare A's SYSTEM_A with B's SYSTEM_B only (--a and --b may name the same runs: "
+                         "--systems retriever-only joint-retriever is the joint-vs-alone claim, seeds pooled)")
     args = ap.parse_args()
     a_runs, b_runs = [Path(r) for r in args.a], [Path(r) for r in args.b]
     reports = {r: json.loads((r / "report.json").read_text()) for r in a_runs + b_runs}
@@ -81,11 +86,15 @@ def main() -> None:
         val_qrels.append({q: d for q, d in qb.items() if q in qa} or None)
     systems = [s for s in first["systems"] if all(s in rep["systems"] for rep in reports.values())
                and not first["systems"][s].get("peer")] + [SERVED]
+    if args.systems:
+        systems = [tuple(args.systems)]
     print(f"B - A, nDCG@10, {len(b_runs)} seed(s) pooled (paired randomisation over (seed, query))\n")
     print("| system | A val | B val | B - A val (p) | A | B | B - A (p; wins / losses) |")
     print("|---|---|---|---|---|---|---|")
     for s in systems:
-        pairs = _pairs(a_runs, b_runs, reports, s, test.qrels, val_qrels)
+        sa, sb = s if isinstance(s, tuple) else (s, s)
+        pairs = _pairs(a_runs, b_runs, reports, sa, test.qrels, val_qrels, sb)
+        s = sa if sa == sb else f"{sb} (B) - {sa} (A)"
         cells = []
         for split in ("val", "test"):
             if not pairs[split]:

@@ -204,6 +204,7 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     plan = run_recipe(cfg, out, dry_run=True)["plan_seconds"]
     assert plan["retriever-warmup"] > 0 and plan["retriever-warmup-index"] > 0
     assert "not an equal-budget baseline" in (out / "report.md").read_text()
+    assert report["joint_vs_alone"]["alone"] == "warmup" and not report["joint_vs_alone"]["equal_budget"]
     # retriever_only=equal-steps: the warm-up continued alone for the joint's steps, in the joint stage's shape
     equal = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_steps=2, denoise=False, hybrid=False, joint_steps=3,
                  retriever_warmup_train={"list_size": 2, "batch_size": 4, "in_batch_negatives": True},
@@ -219,6 +220,13 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     assert done["retriever"] == str(warm / "retriever")
     assert report["systems"]["retriever-only"]["run"] == str(out / "retriever-alone-index" / "run.trec")
     assert "step for step" in (out / "report.md").read_text() and "retriever-alone" in report["curves"]
+    claim = report["joint_vs_alone"]  # the paper's claim, paired over queries, on test and validation
+    assert claim["equal_budget"] and claim["test"]["n"] == report["queries"]
+    diff = report["systems"]["joint-retriever"]["nDCG@10"] - report["systems"]["retriever-only"]["nDCG@10"]
+    assert claim["test"]["diff"] == pytest.approx(diff, abs=1e-9)
+    assert ("val" in claim) == bool(report["validation"]["queries"])
+    assert "Joint training against the retriever trained alone: joint-retriever - retriever-only" in \
+        (out / "report.md").read_text()
     plan = run_recipe(equal, out, dry_run=True)["plan_seconds"]
     assert plan["retriever-alone"] > 0 and plan["retriever-alone-index"] > 0
     assert "retriever-warmup-index" in plan  # validated before use
