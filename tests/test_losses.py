@@ -44,6 +44,11 @@ def test_kl_direction_is_not_symmetric():
     assert rocketqa_kl(ce, de, tau_de=0.05).item() == pytest.approx(forward, rel=1e-5)
     assert rocketqa_kl(ce, de, tau_de=0.05, direction="de_to_ce").item() == pytest.approx(backward, rel=1e-5)
     assert list_kl(torch.log(p), torch.log(q)).item() == pytest.approx(forward, rel=1e-5)
+    # teacher_temperature divides the re-ranker's logits, in either direction
+    assert rocketqa_kl(ce * 2, de, tau_de=0.05, tau_ce=2.0).item() == pytest.approx(forward, rel=1e-5)
+    assert rocketqa_kl(ce * 2, de, tau_de=0.05, direction="de_to_ce", tau_ce=2.0).item() == \
+        pytest.approx(backward, rel=1e-5)
+    assert rocketqa_kl(ce * 2, de, tau_de=0.05).item() != pytest.approx(forward, rel=1e-3)
 
 
 def test_list_metrics_break_ties_against_the_positive():

@@ -33,14 +33,15 @@ def list_kl(teacher_scores: Tensor, student_scores: Tensor, tau_teacher: float =
 
 
 def rocketqa_kl(ce_scores: Tensor, de_scores: Tensor, tau_de: float = 1.0, direction: str = "ce_to_de",
-                reduction: str = "batchmean") -> Tensor:
+                reduction: str = "batchmean", tau_ce: float = 1.0) -> Tensor:
     """RocketQAv2's distillation term between the re-ranker (ce) and the retriever (de).
 
     ``ce_to_de`` (the paper's code): ``KL(P_ce || P_de)``; ``de_to_ce``: ``KL(P_de || P_ce)``.
-    The retriever's scores are divided by ``tau_de``; the re-ranker's logits are used as they are.
+    The retriever's scores are divided by ``tau_de``; the re-ranker's logits by ``tau_ce`` (1: as they are, the
+    paper's code; above 1 a softer teacher, as in knowledge distillation).
     """
     if direction == "ce_to_de":
-        return list_kl(ce_scores, de_scores, 1.0, tau_de, reduction)
+        return list_kl(ce_scores, de_scores, tau_ce, tau_de, reduction)
     if direction == "de_to_ce":
-        return list_kl(de_scores, ce_scores, tau_de, 1.0, reduction)
+        return list_kl(de_scores, ce_scores, tau_de, tau_ce, reduction)
     raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")

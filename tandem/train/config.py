@@ -51,6 +51,8 @@ class TrainConfig:
     kl_direction: str = _f("ce_to_de", "ce_to_de: KL(P_ce || P_de) as the paper's code; de_to_ce: the reverse")
     kl_reduction: str = _f("batchmean", "batchmean: per-query KL averaged; mean: divided by list size too (Paddle)")
     kl_weight: float = _f(1.0, "weight of the KL term")
+    teacher_temperature: float = _f(1.0, "the re-ranker's logits are divided by this in the KL (1: as the paper's "
+                                         "code; above 1 a softer teacher whose ranking of the negatives weighs more)")
     kl_routing: str = _f("both", "joint mode: official (RocketQAv2's code: the KL's gradient reaches the retriever "
                                  "only; the re-ranker learns from its own CE) or both (the KL also pulls the "
                                  "re-ranker toward the retriever)")
@@ -118,6 +120,7 @@ class TrainConfig:
             (self.kl_reduction in ("batchmean", "mean"), "kl_reduction must be batchmean or mean"),
             (self.kl_routing in ("official", "both"), "kl_routing must be official or both"),
             (self.temperature > 0, "temperature must be > 0"),
+            (self.teacher_temperature > 0, "teacher_temperature must be > 0"),
             (self.reranker_arch in ARCHITECTURES, f"reranker_arch must be one of {sorted(ARCHITECTURES)}"),
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
             (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),

@@ -243,7 +243,7 @@ class Trainer:
             teacher = s_ce if cfg.mode == "joint" and cfg.kl_routing == "both" else s_ce.detach()
             student = s_de if self.gate_open else s_de.detach()  # a closed gate keeps KL off the retriever
             terms["kl"] = cfg.kl_weight * rocketqa_kl(teacher, student, cfg.temperature, cfg.kl_direction,
-                                                      cfg.kl_reduction)
+                                                      cfg.kl_reduction, cfg.teacher_temperature)
             if cfg.mode == "joint":
                 terms["reranker"] = group_ce(s_ce) if cfg.reranker_loss == "listwise" else pointwise_bce(s_ce)
             if cfg.retriever_ce_weight:
