@@ -65,7 +65,17 @@ def measure(run: Path, n_lists: int, taus: list[float]) -> dict:
         out["teacher"][tau] = {**_stats(log_t), "kl": float(kl.mean()), "student_ce": float(ce.mean()),
                                "kl_minus_ce": float((kl - ce).mean())}
     # by the positive's judgement: NFCorpus grades 1 (indirectly relevant) and 2; a pseudo-positive has none
-    grades = np.array([str(ds.qrels.get(grp.qid, {}).get(grp.pids[0], "pseudo")) for grp in groups])
+    # and by whether it is among the query's candidates (the first stage's top_n the negatives come from)
+    cands = {}
+    cand_file = run / "lists" / "lists.mine" / "candidates.jsonl"
+    if cand_file.exists():
+        for line in cand_file.read_text().splitlines():
+            e = json.loads(line)
+            if "qid" in e:
+                cands[e["qid"]] = {c["pid"] for c in e["candidates"]}
+    grades = np.array([str(ds.qrels.get(grp.qid, {}).get(grp.pids[0], "pseudo"))
+                       + (", retrieved" if grp.pids[0] in cands.get(grp.qid, ()) else ", not retrieved")
+                       for grp in groups])
     log_t = _log_softmax(teacher)
     out["by_grade"] = {gr: {"lists": int((grades == gr).sum()), "teacher_positive_top": float(
         (log_t[grades == gr].argmax(1) == 0).mean()), "student_positive_top": float(

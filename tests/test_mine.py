@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tandem.data import load_beir
+from tandem.errors import UsageError
 from tandem.mining import MineSettings, build_pools, done_qids, fit_platt, merge_rrf, mine
 from tandem.train.lists import ListSampler, TrainingList, read_lists
 from tests.conftest import generate_dataset, tandem, write_beir
@@ -146,6 +147,8 @@ def test_pools_never_hold_labelled_positives():
     probs = dict(zip("abcdef", [0.99, 0.95, 0.5, 0.05, 0.01, 0.0]))
     pos, und, den = build_pools("q", cands, ["a"], probs, MineSettings(low=0.1, high=0.9))
     assert [e["pid"] for e in pos] == ["a", "b"] and pos[1]["pseudo"]
+    pos, _, _ = build_pools("q", cands, ["c", "zz"], probs, MineSettings(low=0.1, high=0.9))
+    assert pos[0] == {"pid": "c", "rank": 3} and pos[1] == {"pid": "zz"}  # a labelled positive: its rank if retrieved
     assert [e["pid"] for e in und] == list("bcdef") and [e["pid"] for e in den] == list("def")
 
 
@@ -163,6 +166,22 @@ def test_sampler_draws_from_both_pools_at_the_ratio():
         g = s1.group(epoch, 0)
         assert g.pids[0] == "u0" and set(g.pids[1:]) <= {f"u{i}" for i in range(5, 10)}
     assert [s.group(e, 0).pids for e in range(5)] == [s.group(e, 0).pids for e in range(5)]
+
+
+def test_sampler_draws_retrieved_positives_where_a_list_has_some():
+    """positive_pool=retrieved: the positive is one the first stage ranked among the candidates where the list has
+    one, any labelled one where it has none; lists with no ranked positive at all (mined before ranks were
+    recorded) are refused, not silently sampled as before."""
+    negs = [{"pid": f"n{i}", "rank": i, "source": "undenoised"} for i in range(1, 6)]
+    some = TrainingList("q", [{"pid": "deep"}, {"pid": "top", "rank": 2}, {"pid": "deep2"}], negs)
+    none = TrainingList("r", [{"pid": "a"}, {"pid": "b"}], negs)
+    s = ListSampler([some, none], {"q": "x", "r": "y"}, negatives=3, seed=1, retrieved_positives=True)
+    assert {s.group(e, 0).pids[0] for e in range(30)} == {"top"}
+    assert {s.group(e, 1).pids[0] for e in range(30)} == {"a", "b"}
+    every = ListSampler([some], {"q": "x"}, negatives=3, seed=1)  # the default: any labelled positive
+    assert {every.group(e, 0).pids[0] for e in range(60)} == {"deep", "top", "deep2"}
+    with pytest.raises(UsageError, match="mine the lists again"):
+        ListSampler([none], {"r": "y"}, negatives=3, retrieved_positives=True)
 
 
 def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path):

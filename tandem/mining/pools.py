@@ -46,7 +46,8 @@ def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Ma
         clean = [e for e in scored if ce_rank[e["pid"]] > settings.low_rank]
         pseudo = [e for e in scored if ce_rank[e["pid"]] <= settings.high_rank]
     pseudo = sorted(pseudo, key=lambda e: -probs[e["pid"]])[: settings.max_pseudo]
-    positives: list[PositiveEntry] = [{"pid": p} for p in labelled]
+    rank_of = {c["pid"]: c["rank"] for c in candidates}  # a labelled positive the first stage retrieved: its rank
+    positives: list[PositiveEntry] = [{"pid": p, **({"rank": rank_of[p]} if p in rank_of else {})} for p in labelled]
     positives += [{"pid": e["pid"], "pseudo": True, "score": round(probs[e["pid"]], 5),
                    "rank": e["rank"]} for e in pseudo]
     denoised: list[NegativeEntry] = [{**e, "source": DENOISED} for e in clean if e["pid"] not in near]

@@ -269,8 +269,10 @@ class _Runner:
         from tandem.mining.settings import DENOISING_SETTINGS
 
         undenoised = {k: v for k, v in (cfg.mine or {}).items() if k not in DENOISING_SETTINGS}
-        st.run("lists", {"top_n": cfg.top_n, **({"mine": undenoised} if undenoised else {})}, lists,
-               after=("zs-index",))
+        # (positive_ranks: the lists record where the first stage ranked each labelled positive, which
+        # positive_pool=retrieved reads; runs made before mine their lists again once)
+        st.run("lists", {"top_n": cfg.top_n, "positive_ranks": True, **({"mine": undenoised} if undenoised else {})},
+               lists, after=("zs-index",))
         # what the re-ranker warm-up and joint training start from, and the system that stands for it
         start, start_after, start_system = self.model, (), "zero-shot"
         if cfg.retriever_warmup_steps:

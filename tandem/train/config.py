@@ -61,6 +61,8 @@ class TrainConfig:
     retriever_ce_weight: float = _f(0.0, "weight of an extra listwise CE on the retriever's own scores")
     denoised_share: float = _f(0.5, "share of each list's negatives drawn from its denoised pool (where it has "
                                       "both pools; tandem mine writes them)")
+    positive_pool: str = _f("all", "which labelled positive a list draws: all (any of the query's), or retrieved "
+                                   "(those the first stage ranked among the candidates, where the query has one)")
     pseudo_positive_prob: float = _f(0.25, "probability that a list's positive is one of its pseudo-positives "
                                            "(where it has some)")
     in_batch_negatives: bool = _f(False, "the retriever's own CE (retriever mode, or retriever_ce_weight > 0) also "
@@ -127,6 +129,7 @@ class TrainConfig:
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
             (0 <= self.denoised_share <= 1, "denoised_share must be in [0, 1]"),
             (0 <= self.pseudo_positive_prob <= 1, "pseudo_positive_prob must be in [0, 1]"),
+            (self.positive_pool in ("all", "retrieved"), "positive_pool must be all or retrieved"),
             (not self.kl_gate or self.heldout_fraction > 0, "kl_gate needs heldout_fraction > 0"),
             (self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0"),
             (self.precision in PRECISIONS, "precision must be auto, fp32 or bf16"),

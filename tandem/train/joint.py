@@ -190,7 +190,7 @@ class Trainer:
         if not self.lists:
             raise UsageError("no training lists left (empty lists file, or heldout_fraction too large)")
         self.sampler = ListSampler(self.lists, queries, cfg.list_size - 1, cfg.seed, cfg.denoised_share,
-                                   cfg.pseudo_positive_prob)
+                                   cfg.pseudo_positive_prob, retrieved_positives=cfg.positive_pool == "retrieved")
         # held-out lists: labelled positives and the undenoised pool only, so that runs on differently built
         # lists (undenoised, denoised, hybrid) are measured on the same lists
         self.held_sampler = (ListSampler(self.heldout, queries, cfg.list_size - 1, cfg.seed, denoised_share=0.0,

@@ -37,7 +37,8 @@ class PositiveEntry(_Entry, total=False):
 
     pseudo: bool  # an unlabelled candidate the denoiser scored clearly relevant (tandem mine)
     score: float  # pseudo: the denoiser's calibrated probability
-    rank: int  # pseudo: its first-stage rank
+    rank: int  # its first-stage rank among the query's candidates (a pseudo-positive's always; a labelled one's
+    # where the first stage retrieved it: positive_pool=retrieved draws from those)
 
 
 class NegativeEntry(_Entry, total=False):
@@ -137,12 +138,14 @@ def lists_from_run(run: Run, qrels: Qrels, corpus: Corpus, top_n: int = 50, sour
             no_pos += 1
             continue
         pos_set = set(positives)
-        negs = [{"pid": p, "score": s, "rank": r, "source": source}
-                for r, (p, s) in enumerate(ranked(run.get(qid, {}), top_n), start=1) if p not in pos_set]
+        top = list(enumerate(ranked(run.get(qid, {}), top_n), start=1))
+        negs = [{"pid": p, "score": s, "rank": r, "source": source} for r, (p, s) in top if p not in pos_set]
         if not negs:
             no_neg += 1
             continue
-        lists.append(TrainingList(qid, [{"pid": p} for p in positives], negs))
+        rank_of = {p: r for r, (p, _) in top if p in pos_set}
+        lists.append(TrainingList(qid, [{"pid": p, **({"rank": rank_of[p]} if p in rank_of else {})}
+                                        for p in positives], negs))
     if no_pos or no_neg:
         log.warning("lists: %d queries left out with no positive in the corpus, %d with no negative in the run",
                     no_pos, no_neg)
@@ -204,7 +207,10 @@ class ListSampler:
     drawn from the denoised pool and the rest from the undenoised one (no passage twice while
     enough distinct ones remain). The positive is a pseudo-positive with ``pseudo_positive_prob``
     where the list has some (always, if it has no labelled one); ``labelled_only`` ignores them
-    (held-out evaluation).
+    (held-out evaluation). With ``retrieved_positives`` a labelled positive is drawn from those the first stage
+    retrieved among the candidates (a ``rank`` in the lists file) where the list has any: a dataset with dozens of
+    graded positives a query (NFCorpus: 43, 4 of them in the top-20) otherwise mostly pairs a positive that both
+    models rank below every negative with the top candidates.
     """
 
     lists: list[TrainingList]
@@ -214,6 +220,7 @@ class ListSampler:
     denoised_share: float = 0.5
     pseudo_positive_prob: float = 0.25
     labelled_only: bool = False
+    retrieved_positives: bool = False
     short_lists: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -225,12 +232,18 @@ class ListSampler:
                         "replacement", self.short_lists, len(self.lists), self.negatives)
         if self.labelled_only and any(not [e for e in lst.positives if not e.get("pseudo")] for lst in self.lists):
             raise UsageError("held-out lists need a labelled (not pseudo) positive each")
+        if self.retrieved_positives and self.lists and not any(
+                "rank" in e for lst in self.lists for e in lst.positives if not e.get("pseudo")):
+            raise UsageError("positive_pool=retrieved: no labelled positive in these lists has a first-stage rank "
+                             "(lists mined before tandem recorded them): mine the lists again")
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.lists))
 
     def _positive(self, lst: TrainingList, rng: np.random.Generator) -> str:
         labelled = [e for e in lst.positives if not e.get("pseudo")]
+        if self.retrieved_positives:
+            labelled = [e for e in labelled if "rank" in e] or labelled
         pseudo = [e for e in lst.positives if e.get("pseudo")]
         if not pseudo or (labelled and self.labelled_only):
             pool = labelled
