@@ -25,7 +25,7 @@ def _file(run: Path, row: dict, val: bool) -> Path | None:
 
     path = Path(row["run"])
     if not path.is_absolute() and not path.exists():  # (a run named relative to where the demo ran, or to its dir)
-        path = run / path
+        path = next((p for p in (run.parent / path, run / path) if p.exists()), run / path)
     if val:
         path = path.with_name(val_file(path.name))
     return path if path.exists() else None
