@@ -44,13 +44,16 @@ def measure(run: Path, n_lists: int, taus: list[float]) -> dict:
     lists_file = run / done.get("lists", "denoise") / "lists.jsonl"
     lists = read_lists(lists_file, ds.corpus, ds.queries)
     sampler = ListSampler(lists, ds.queries, joint["list_size"] - 1, seed=joint["seed"],
-                          denoised_share=joint["denoised_share"], pseudo_positive_prob=joint["pseudo_positive_prob"])
+                          denoised_share=joint["denoised_share"], pseudo_positive_prob=joint["pseudo_positive_prob"],
+                          retrieved_positives=joint.get("positive_pool", "all") == "retrieved")
     groups = [sampler.group(0, int(i)) for i in sampler.order(0)[:n_lists]]
     g = joint["list_size"]
     pairs = [(grp.query, ds.corpus.text(pid)) for grp in groups for pid in grp.pids]
     teacher = np.asarray(Reranker.from_pretrained(run / "warmup" / "reranker").predict(pairs, batch_size=32),
                          dtype=np.float64).reshape(-1, g)
-    start = done["retriever"] and done["retriever"].replace("$RUN", str(run))  # None: the default model
+    start = done["retriever"]  # None: the default model; a path as the demo was given it (relative to where it ran)
+    if start and not Path(start).is_absolute() and not Path(start).exists() and (run.parent / start).exists():
+        start = str(run.parent / start)
     student = np.asarray(_scores_retriever(start, recipe.get("max_length", 128), pairs,
                                            recipe.get("query_max_length", 32)), dtype=np.float64).reshape(-1, g)
     log_s = _log_softmax(student / joint["temperature"])
