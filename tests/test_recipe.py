@@ -547,3 +547,16 @@ def test_a_denoising_setting_reruns_the_denoising_not_the_warmups(tiny_dataset, 
     ran.clear()
     run_recipe(_cfg(tiny_model_dir, tiny_dataset, **base, mine={"near_copy": 0.5}), out, progress=False)
     assert {"lists", "retriever-warmup", "warmup", "denoise"} <= set(ran)
+
+
+def test_positive_pool_retrieved_trains_on_the_lists_the_recipe_mines(tiny_dataset, tiny_model_dir, tmp_path):
+    """The recipe's lists record each labelled positive's first-stage rank, so `train={positive_pool: retrieved}`
+    runs in every training stage (a list file without ranks is refused: tests/test_mine.py)."""
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, tiny_dataset, retriever_warmup_steps=1, warmup_steps=1, joint_steps=1, hybrid=False,
+               rerank_depths=[5], train={"positive_pool": "retrieved"})
+    run_recipe(cfg, out, progress=False)
+    lists = [json.loads(line) for line in (out / "lists" / "lists.jsonl").read_text().splitlines()]
+    assert any("rank" in p for lst in lists for p in lst["positives"] if not p.get("pseudo"))
+    for stage in ("retriever-warmup", "warmup", "joint"):
+        assert json.loads((out / stage / "config.json").read_text())["positive_pool"] == "retrieved"
