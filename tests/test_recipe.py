@@ -11,6 +11,22 @@ from tandem.recipe import load_recipe, run_recipe, shipped_config
 from tests.conftest import tandem
 
 
+def _ran_stages(monkeypatch) -> list[str]:
+    """The names of the stages the recipe runs from now on (not found done), in order."""
+    from tandem.recipe import Stages
+
+    ran, real = [], Stages.run
+
+    def spy(self, name, *a, **kw):
+        before = set(self.ran)
+        d = real(self, name, *a, **kw)
+        ran.extend(n for n in self.ran if n not in before)
+        return d
+
+    monkeypatch.setattr(Stages, "run", spy)
+    return ran
+
+
 def _cfg(model_dir, data, **kw):
     base = dict(data=str(data), model=str(model_dir), max_length=32, query_max_length=16, reranker_max_length=48,
                 top_n=10, list_size=4, batch_size=2, warmup_steps=2, joint_steps=2, eval_every=1,
@@ -233,20 +249,11 @@ def test_retriever_warmup_feeds_the_reranker_warmup_and_joint(tiny_dataset, tiny
     # a copied run resumes where it stood: the stages naming models inside the run are keyed relative to it
     import shutil
 
-    from tandem.recipe import Stages
-
-    ran, real = [], Stages.run
-
-    def spy(self, name, *a, **kw):
-        before = set(self.ran)
-        d = real(self, name, *a, **kw)
-        ran.extend(n for n in self.ran if n not in before)
-        return d
-
-    monkeypatch.setattr(Stages, "run", spy)
+    ran = _ran_stages(monkeypatch)
     shutil.copytree(out, tmp_path / "copy")
     again = run_recipe(equal, tmp_path / "copy", progress=False)
-    assert ran == [] and again["systems"]["joint-retriever"]["nDCG@10"] == report["systems"]["joint-retriever"]["nDCG@10"]
+    assert ran == []
+    assert again["systems"]["joint-retriever"]["nDCG@10"] == report["systems"]["joint-retriever"]["nDCG@10"]
     assert again["systems"]["retriever-only"]["run"] == str(tmp_path / "copy" / "retriever-alone-index" / "run.trec")
 
 
@@ -524,22 +531,12 @@ def test_a_denoising_setting_reruns_the_denoising_not_the_warmups(tiny_dataset, 
 
     from tandem.mining import MineSettings
     from tandem.mining.settings import DENOISING_SETTINGS
-    from tandem.recipe import Stages
 
     assert DENOISING_SETTINGS <= {f.name for f in fields(MineSettings)}
     out = tmp_path / "run"
     base = dict(retriever_warmup_steps=1, warmup_steps=1, joint_steps=1, rerank_depths=[5], hybrid_rerank=False)
     run_recipe(_cfg(tiny_model_dir, tiny_dataset, **base, mine={"denoise_depth": 20}), out, progress=False)
-    ran = []
-    real = Stages.run
-
-    def spy(self, name, *a, **kw):
-        before = set(self.ran)
-        d = real(self, name, *a, **kw)
-        ran.extend(n for n in self.ran if n not in before)
-        return d
-
-    monkeypatch.setattr(Stages, "run", spy)
+    ran = _ran_stages(monkeypatch)
     run_recipe(_cfg(tiny_model_dir, tiny_dataset, **base, mine={"denoise_depth": 0, "high_from_precision": 0.75}),
                out, progress=False)
     assert "denoise" in ran and "joint" in ran
