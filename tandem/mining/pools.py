@@ -16,7 +16,7 @@ from tandem.mining.denoise import calibrated
 from tandem.mining.lines import iter_lines
 from tandem.mining.near import NearCopies
 from tandem.mining.settings import MineSettings
-from tandem.train.lists import DENOISED, UNDENOISED, NegativeEntry, PositiveEntry
+from tandem.train.lists import DENOISED, UNDENOISED, NegativeEntry, labelled_positives
 
 
 def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Mapping[str, float],
@@ -46,8 +46,7 @@ def build_pools(qid: str, candidates: list[dict], labelled: list[str], probs: Ma
         clean = [e for e in scored if ce_rank[e["pid"]] > settings.low_rank]
         pseudo = [e for e in scored if ce_rank[e["pid"]] <= settings.high_rank]
     pseudo = sorted(pseudo, key=lambda e: -probs[e["pid"]])[: settings.max_pseudo]
-    rank_of = {c["pid"]: c["rank"] for c in candidates}  # a labelled positive the first stage retrieved: its rank
-    positives: list[PositiveEntry] = [{"pid": p, **({"rank": rank_of[p]} if p in rank_of else {})} for p in labelled]
+    positives = labelled_positives(labelled, {c["pid"]: c["rank"] for c in candidates})
     positives += [{"pid": e["pid"], "pseudo": True, "score": round(probs[e["pid"]], 5),
                    "rank": e["rank"]} for e in pseudo]
     denoised: list[NegativeEntry] = [{**e, "source": DENOISED} for e in clean if e["pid"] not in near]
@@ -139,9 +138,8 @@ def write_lists(ds: Dataset, out: Path, cand_path: Path, score_path: Path | None
                     pos_probs += [probs[x] for x in labelled if x in probs]
             cand_counts.append(len(cands))
             n_cands += len(cands)
-            rank_of = {c["pid"]: c["rank"] for c in cands}
-            pos_ranks.append(min((rank_of[p] for p in labelled if p in rank_of), default=0))
             copies, (pos, undenoised, denoised) = query_pools(rec, labelled, probs, settings, near)
+            pos_ranks.append(min((e["rank"] for e in pos if not e.get("pseudo") and "rank" in e), default=0))
             n_near += len(copies)
             if not undenoised:
                 n_no_neg += 1

@@ -67,6 +67,12 @@ class TrainingList:
         return out
 
 
+def labelled_positives(pids: Iterable[str], rank_of: Mapping[str, int]) -> list[PositiveEntry]:
+    """A query's labelled positives as list entries, each with its first-stage ``rank`` where ``rank_of`` (the
+    candidates' pid -> rank) has it: what ``positive_pool=retrieved`` draws from."""
+    return [{"pid": p, **({"rank": rank_of[p]} if p in rank_of else {})} for p in pids]
+
+
 def write_lists(path: str | Path, lists: Iterable[TrainingList]) -> None:
     import json
 
@@ -143,9 +149,7 @@ def lists_from_run(run: Run, qrels: Qrels, corpus: Corpus, top_n: int = 50, sour
         if not negs:
             no_neg += 1
             continue
-        rank_of = {p: r for r, (p, _) in top if p in pos_set}
-        lists.append(TrainingList(qid, [{"pid": p, **({"rank": rank_of[p]} if p in rank_of else {})}
-                                        for p in positives], negs))
+        lists.append(TrainingList(qid, labelled_positives(positives, {p: r for r, (p, _) in top}), negs))
     if no_pos or no_neg:
         log.warning("lists: %d queries left out with no positive in the corpus, %d with no negative in the run",
                     no_pos, no_neg)
