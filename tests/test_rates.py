@@ -39,6 +39,22 @@ def test_probe_gives_back_the_measured_step_times(tiny_dataset, tiny_model_dir, 
     assert est["rerank"] == pytest.approx(50 * 5 / 32 * 2.0 + 5, rel=1e-3)
 
 
+def test_the_shipped_demo_settings_probe_without_failing(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """The probe trains one step of each warm-up with the demo's own training settings (positive_pool: retrieved
+    among them): a setting the probe's lists cannot satisfy would make every demo plan on the fixed rates."""
+    import tandem.train.rates as rates
+    from tandem.recipe import shipped_config
+
+    monkeypatch.setenv("TANDEM_CACHE", str(tmp_path / "cache"))
+    demo = load_recipe(shipped_config("demo"))
+    assert (demo.train or {}).get("positive_pool") == "retrieved"
+    cfg = replace(_cfg(tiny_model_dir, tiny_dataset), train=demo.train,
+                  retriever_warmup_train=demo.retriever_warmup_train, warmup_train=demo.warmup_train)
+    ds = load_beir(tiny_dataset, "train")
+    measured = rates.measure_rates(cfg, ds.corpus, ds.queries)
+    assert set(measured) == set(rates.RATE_KEYS) and all(v > 0 for v in measured.values())
+
+
 def test_probe_is_cached_per_machine_and_shape(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch):
     import tandem.train.rates as rates
 

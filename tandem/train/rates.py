@@ -138,7 +138,8 @@ def _step_seconds(cfg, stage: str, mode: str, corpus, pids: list[str], queries: 
          "keep_best": False, "save_every": 0, "fit_mixing_lists": 0, "allow_untrained_reranker": True}
     tcfg = load_config(None, o)
     size = tcfg.list_size
-    training = [TrainingList(f"probe{i}", [{"pid": pids[i % len(pids)]}],
+    # the probe's positive counts as retrieved (rank 1), so that every positive_pool setting can draw it
+    training = [TrainingList(f"probe{i}", [{"pid": pids[i % len(pids)], "rank": 1}],
                              [{"pid": pids[(i + j) % len(pids)]} for j in range(1, size + 1)],
                              queries[i % len(queries)]) for i in range(lists)]
     trainer = Trainer(tcfg, corpus, {lst.qid: lst.query for lst in training}, training, work / stage,
