@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from tandem.errors import DataFormatError
+from tandem.errors import DataFormatError, UsageError
 
 FORMAT_VERSION = 1
 
@@ -143,6 +143,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         else:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 yield f
+
+
+def output_dir(path: str | os.PathLike, make: bool = True) -> Path:
+    """``path`` as a command's output directory, made if missing (``make``): a clear error (not a traceback) where a
+    file already stands there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: output directory expected, but a file is there (pass another --out, or move it)")
+    if make:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -90,6 +90,12 @@ def test_bad_input_exits_nonzero_without_traceback(tmp_path, tiny_dataset):
     assert proc.returncode == 2 and "no qrels for split 'dev'" in proc.stderr
     proc = tandem("search", "--index", tmp_path, "--query", "x", check=False)
     assert proc.returncode == 2 and "not a tandem index" in proc.stderr
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file\n")  # --out naming a file: a clear error, the file left as it was
+    for cmd in (("demo", "--data", tiny_dataset), ("train", "--data", tiny_dataset, "--run", tmp_path / "r.trec")):
+        proc = tandem(*cmd, "--out", taken, check=False)
+        assert proc.returncode == 2 and f"{taken}: output directory expected" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and taken.read_text() == "a user's file\n"
 
 
 @pytest.mark.slow

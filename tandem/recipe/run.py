@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tandem.io import atomic_open, read_json, write_json
+from tandem.io import atomic_open, output_dir, read_json, write_json
 from tandem.recipe.config import REPORT_MEASURES, RecipeConfig, default_rates, denoised_queries, rerank_depths
 from tandem.recipe.costs import memory_plan, model_shape, plan, size_training
 from tandem.recipe.report import UNTRAINED, build_report, peer_rows, render_markdown
@@ -65,7 +65,7 @@ def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: boo
     from tandem.train.distributed import world
 
     t_start = time.perf_counter()
-    out = Path(out)
+    out = output_dir(out, make=False)  # a file in the way fails here, before any data is loaded
     val = None
     if dry_run and cfg.plan_passages and cfg.plan_train_queries and cfg.plan_eval_queries:
         sizes = (cfg.plan_passages, cfg.plan_train_queries, cfg.plan_eval_queries,
@@ -109,7 +109,7 @@ def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: boo
              sizing["training_lists"], sizing["steps"], sizing["epochs"], sizing["factor"], val.why)
     rank, _, _ = world()
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        output_dir(out)
         write_json(out / "recipe.json", {**asdict(cfg), "data_dir": str(directory)})
     stages = Stages(out, estimate, rank)
     runner = _Runner(cfg, out, train_ds, test_ds, stages, progress, val)

@@ -8,6 +8,7 @@ from typing import Any
 
 from tandem.data import load_beir, read_run, resolve_dataset
 from tandem.errors import UsageError
+from tandem.io import output_dir
 from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
 from tandem.train.config import TrainConfig, load_config
@@ -70,7 +71,7 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
     directory = resolve_dataset(data)
     if (lists is None) == (run is None):
         raise UsageError("give the training lists (--lists LISTS.jsonl) or a run to build them from (--run RUN.trec)")
-    out = Path(out)
+    out = output_dir(out, make=False)
     ds = load_beir(directory, split if lists is None else None)  # lists need no qrels
     if lists is not None:
         training = read_lists(lists, ds.corpus, ds.queries)

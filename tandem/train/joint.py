@@ -28,7 +28,7 @@ from torch import Tensor
 
 from tandem.data.types import Corpus
 from tandem.errors import IncompatibleArtifactError, UsageError
-from tandem.io import atomic_dir, write_json
+from tandem.io import atomic_dir, output_dir, write_json
 from tandem.losses import group_ce, info_nce, pointwise_bce, rocketqa_kl
 from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
@@ -489,7 +489,7 @@ class Trainer:
 
     def train(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Run to ``total_steps`` (or ``stop_after`` steps, for tests of killed runs) and save the models."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        output_dir(self.out)
         if self.main:
             write_json(self.out / "config.json", self.cfg.to_dict())
         if resume and self.resume():
