@@ -325,6 +325,26 @@ def test_joint_step_on_gpu_with_bf16(setup, tmp_path):
     assert result.steps == 2 and all(np.isfinite(v) for v in result.final_losses.values())
 
 
+def test_heldout_list_ce_of_the_retriever_is_at_its_training_temperature(setup, tmp_path):
+    """The held-out lists' continuous measures (ce, p_pos) of the retriever are those of the list softmax its loss
+    uses, s / tau: on raw dot products (tau = 1) every list looks nearly uniform (p_pos ~ 1 / list size)."""
+    from tandem.train.joint import list_metrics
+
+    ds, lists, model_dir = setup
+    cfg = _cfg(mode="retriever", heldout_fraction=0.4, max_steps=1, temperature=0.05)
+    trainer = Trainer(cfg, ds.corpus, ds.queries, lists, tmp_path / "t", *_models(model_dir, cfg), progress=False)
+    groups = [trainer.held_sampler.group(0, i) for i in range(len(trainer.heldout))]
+    queries, passages, _ = trainer._texts(groups)
+    trainer.retriever.eval()
+    with torch.no_grad():
+        raw = trainer.retriever.score(queries, passages).float()
+    got = trainer._heldout_metrics(8)["retriever"]
+    want = list_metrics(raw / 0.05)
+    assert got["ce"] == pytest.approx(want["ce"], rel=1e-4) and got["p_pos"] == pytest.approx(want["p_pos"], rel=1e-4)
+    assert got["nDCG@10"] == pytest.approx(list_metrics(raw)["nDCG@10"])  # the ranking measures do not change
+    assert abs(got["p_pos"] - list_metrics(raw)["p_pos"]) > 1e-3
+
+
 def test_heldout_lists_are_keyed_by_query_and_their_evaluation_can_be_capped(setup, tmp_path):
     """Held-out lists are those whose query id hashes into the fraction; heldout_eval_lists evaluates on fewer of
     them, and the rest still never reach training."""

@@ -410,8 +410,9 @@ class Trainer:
             for i in range(0, len(groups), batch_size):
                 chunk = groups[i : i + batch_size]
                 queries, passages, pair_queries = self._texts(chunk)
-                if self.retriever is not None:
-                    out["retriever"].append(self.retriever.score(queries, passages).float().cpu())
+                if self.retriever is not None:  # at the loss's temperature, as its CE and KL see the list
+                    out["retriever"].append(self.retriever.score(queries, passages).float().cpu()
+                                            / self.cfg.temperature)
                 if self.reranker is not None:
                     out["reranker"].append(self.reranker.score(pair_queries, passages).view(len(chunk),
                                                                                             -1).float().cpu())
