@@ -599,7 +599,7 @@ def mine(ctx: typer.Context,
 
         _mine(**first, restart=restart)
         reranker = str(warm_up(data, out, work_dir(out) / "warmup", warmup_steps, list(ctx.args),
-                               settings.calibration_fraction, progress))
+                               settings.calibration_fraction, progress, settings.heldout_salt))
         restart = False
     result = _mine(**first, reranker=reranker, restart=restart, warmed_up=warmup_reranker)
     r = result.report

@@ -334,6 +334,13 @@ def test_calibration_max_queries_caps_the_calibration_set(planted, tmp_path):
     again = mine(data, tmp_path / "cap2.jsonl", reranker=OverlapScorer(),
                  settings=_settings(calibration_max_queries=2, **kw), progress=False)
     assert set(_lists(again.lists)) == set(lists)
+    # heldout_salt draws other calibration queries (a warm-up at the same salt holds out the same ones): a budget of
+    # just them denoises those and no others
+    salt = next(f"s{i}" for i in range(50) if heldout_qids(list(ds.qrels), 0.3, f"s{i}") != held)
+    other = heldout_qids(list(ds.qrels), 0.3, salt)
+    salted = mine(data, tmp_path / "salt.jsonl", reranker=OverlapScorer(), progress=False,
+                  settings=_settings(calibration_fraction=0.3, heldout_salt=salt, denoise_queries=len(other)))
+    assert set(_lists(salted.lists)) == other and salted.report["denoising"]["calibration"]["queries"] == len(other)
 
 
 @pytest.mark.parametrize("pool", ["candidates", "positives"])

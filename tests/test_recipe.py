@@ -81,10 +81,10 @@ def test_recipe_runs_and_reports(tiny_dataset, tiny_model_dir, tmp_path, caplog)
     # the warmed-up gated re-ranker's lexical weight was chosen on training queries outside validation, and saved
     fit = json.loads((out / "warmup" / "result.json").read_text())["lexical_fit"]
     from tandem.data import load_beir
-    from tandem.train.lists import heldout_qids
+    from tandem.train.lists import heldout_qids, heldout_salt
 
     train_ds = load_beir(tiny_dataset, "train")
-    held = heldout_qids([q for q in train_ds.qrels if q in train_ds.queries], 0.2)
+    held = heldout_qids([q for q in train_ds.qrels if q in train_ds.queries], 0.2, heldout_salt(1))
     assert fit["queries"] == len(fit["qids"]) > 0 and fit["ndcg_after"] >= fit["ndcg_before"]
     assert held and not held & set(fit["qids"])  # (validation queries are excluded the same way)
     from tandem.models.reranker import Reranker
@@ -387,8 +387,9 @@ def test_heldout_validation_and_its_absence(tiny_model_dir, tiny_dataset, tmp_pa
     from tandem.train.lists import heldout_qids
 
     ds = load_beir(tiny_dataset, "train")
-    val = choose_validation(_cfg(tiny_model_dir, tiny_dataset, validation_min_queries=5), tiny_dataset, ds, "test")
-    assert val.source == "heldout" and set(val.queries) == heldout_qids(list(ds.qrels), 0.2)
+    cfg = _cfg(tiny_model_dir, tiny_dataset, validation_min_queries=5)
+    val = choose_validation(cfg, tiny_dataset, ds, "test")
+    assert val.source == "heldout" and set(val.queries) == heldout_qids(list(ds.qrels), 0.2, cfg.heldout_salt)
     # in the qrels' order (a set's would change from process to process, and with it every paired test's p)
     assert list(val.queries) == [q for q in ds.qrels if q in val.queries] == list(val.qrels)
     none = choose_validation(_cfg(tiny_model_dir, tiny_dataset), tiny_dataset, ds, "test")
@@ -399,7 +400,46 @@ def test_heldout_validation_and_its_absence(tiny_model_dir, tiny_dataset, tmp_pa
     trained = json.loads((out / "joint" / "result.json").read_text())
     assert trained["heldout"]  # the trainer evaluated on its held-out lists: the same queries
     lists = [json.loads(l)["qid"] for l in (out / "denoise" / "lists.jsonl").read_text().splitlines()]
-    assert set(val.queries) <= set(lists) and heldout_qids(lists, 0.2) == set(val.queries)
+    assert set(val.queries) <= set(lists) and heldout_qids(lists, 0.2, cfg.heldout_salt) == set(val.queries)
+
+
+def test_the_held_out_draw_follows_the_seed_and_every_stage_holds_out_the_same_queries(tiny_model_dir, tmp_path):
+    """heldout_draw seed (the default): each seed validates on other held-out training queries (a capped dev split
+    keeps other queries too), and the trainer, the denoiser's calibration and the validation agree on them;
+    heldout_draw fixed: the one draw of tandem train and tandem mine, whatever the seed."""
+    from tandem.data import load_beir
+    from tandem.errors import ConfigError
+    from tandem.recipe import choose_validation
+    from tandem.train.lists import HELDOUT_SALT, heldout_qids
+    from tests.conftest import generate_dataset, write_beir
+
+    corpus, queries, qrels = generate_dataset(n_passages=120, n_queries=200)
+    data = write_beir(tmp_path / "d", corpus, queries, qrels)
+    ds = load_beir(data, "train")
+    train = [q for q in ds.qrels if q in ds.queries]
+    draws = {}
+    for seed in (1, 2, 3):
+        cfg = _cfg(tiny_model_dir, data, seed=seed, heldout_fraction=0.1)
+        val = choose_validation(cfg, data, ds, "test")
+        assert val.source == "heldout" and f"drawn with seed {seed}" in val.why
+        held = heldout_qids(train, 0.1, cfg.heldout_salt)
+        assert set(val.queries) == held
+        ms, ov = cfg.mine_settings(len(train)), cfg.train_overrides("joint", 1, "joint")
+        assert ms.heldout_salt == ov["heldout_salt"] == cfg.heldout_salt  # calibration = trainer's held-out
+        assert cfg.train_overrides("reranker", 1, "warmup")["heldout_salt"] == cfg.heldout_salt
+        draws[seed] = frozenset(held)
+    assert len(set(draws.values())) == 3
+    fixed = [choose_validation(_cfg(tiny_model_dir, data, seed=s, heldout_fraction=0.1, heldout_draw="fixed"),
+                               data, ds, "test") for s in (1, 2)]
+    assert set(fixed[0].queries) == set(fixed[1].queries) == heldout_qids(train, 0.1, HELDOUT_SALT)
+    assert "the fixed draw" in fixed[0].why
+    # a dev split larger than val_max_queries keeps a seed's share of it
+    dev = {s: choose_validation(_cfg(tiny_model_dir, data, seed=s, validation="test", val_max_queries=10), data,
+                                ds, "dev") for s in (1, 2)}
+    assert all(len(v.queries) == 10 and "of " in v.why for v in dev.values())
+    assert set(dev[1].queries) != set(dev[2].queries)
+    with pytest.raises(ConfigError, match="heldout_draw"):
+        choose_validation(_cfg(tiny_model_dir, data, heldout_draw="random"), data, ds, "test")
 
 
 def test_sizes_follow_the_data_and_the_budget(tiny_model_dir, tiny_dataset):
@@ -503,7 +543,7 @@ def test_val_every_validates_inside_each_stage_and_keeps_the_best(tiny_model_dir
 def test_heldout_min_queries_raises_the_held_out_share_without_a_dev_split(tiny_model_dir, tmp_path):
     """Without a dev split, heldout_min_queries holds out enough training queries to validate on that many (a
     superset of the 10% held out before, by the same hash), up to heldout_max_fraction."""
-    from tandem.train.lists import heldout_qids
+    from tandem.train.lists import heldout_qids, heldout_salt
     from tests.conftest import generate_dataset, write_beir
 
     corpus, queries, qrels = generate_dataset(n_passages=200, n_queries=300)
@@ -512,14 +552,14 @@ def test_heldout_min_queries_raises_the_held_out_share_without_a_dev_split(tiny_
     before = run_recipe(_cfg(tiny_model_dir, data, **base), tmp_path / "a", dry_run=True)
     after = run_recipe(_cfg(tiny_model_dir, data, heldout_min_queries=30, **base), tmp_path / "b", dry_run=True)
     n = lambda r: int(r["validation"].split()[0])  # noqa: E731
-    assert n(before) < 30 <= n(after) and "heldout_fraction 0.1;" in before["validation"], after["validation"]
+    assert n(before) < 30 <= n(after) and "heldout_fraction 0.1," in before["validation"], after["validation"]
     assert after["sizing"]["training_lists"] < before["sizing"]["training_lists"]
-    train = list(qrels["train"])
-    assert heldout_qids(train, 0.1) <= heldout_qids(train, float(after["validation"].split("heldout_fraction ")[1]
-                                                                  .split(";")[0]))
+    train, salt = list(qrels["train"]), heldout_salt(1)
+    assert heldout_qids(train, 0.1, salt) <= heldout_qids(
+        train, float(after["validation"].split("heldout_fraction ")[1].split(",")[0]), salt)
     capped = run_recipe(_cfg(tiny_model_dir, data, heldout_min_queries=1000, heldout_max_fraction=0.2, **base),
                         tmp_path / "c", dry_run=True)
-    assert "heldout_fraction 0.2;" in capped["validation"]
+    assert "heldout_fraction 0.2," in capped["validation"]
 
 
 def test_a_denoising_setting_reruns_the_denoising_not_the_warmups(tiny_dataset, tiny_model_dir, tmp_path, monkeypatch):

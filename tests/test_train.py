@@ -360,6 +360,14 @@ def test_heldout_lists_are_keyed_by_query_and_their_evaluation_can_be_capped(set
                      progress=False)
     assert len(capped.heldout) == 1 and capped.heldout[0].qid in held
     assert [lst.qid for lst in capped.lists] == [lst.qid for lst in full.lists]
+    # another salt, another draw (the recipe's one per seed), still never trained on
+    qids = [lst.qid for lst in lists]
+    salt = next(f"s{i}" for i in range(50) if heldout_qids(qids, 0.4, f"s{i}") != held)
+    salted_cfg = _cfg(mode="retriever", heldout_fraction=0.4, max_steps=1, heldout_salt=salt)
+    salted = Trainer(salted_cfg, ds.corpus, ds.queries, lists, tmp_path / "c", *_models(model_dir, salted_cfg),
+                     progress=False)
+    other = heldout_qids(qids, 0.4, salt)
+    assert {lst.qid for lst in salted.heldout} == other and not other & {lst.qid for lst in salted.lists}
 
 
 def test_a_pretrained_cross_encoder_is_the_starting_point(setup, tmp_path):

@@ -73,11 +73,12 @@ def score_candidates(ds: Dataset, candidates: Path, path: Path, reranker, settin
             flush()
 
 
-def heldout_qids(qids: list[str], fraction: float) -> set[str]:
-    """The queries the trainer holds out from lists in this order (so a warm-up never trained on them)."""
+def heldout_qids(qids: list[str], fraction: float, salt: str) -> set[str]:
+    """The queries the trainer holds out from lists in this order at the same ``fraction`` and ``salt`` (so a warm-up
+    never trained on them)."""
     from tandem.train.lists import heldout_qids as held_by_hash
 
-    return held_by_hash(qids, fraction) or set(qids)  # too few queries to hold any out: calibrate on all
+    return held_by_hash(qids, fraction, salt) or set(qids)  # too few queries to hold any out: calibrate on all
 
 
 def denoise_subset(qids: list[str], n: int, held: set[str], skip: set[str] = frozenset()) -> set[str] | None:

@@ -86,7 +86,8 @@ def mine(data: str | Path, out: str | Path, retriever: str | None = None, index:
              (_stop or {}).get("retrieve"))
     seconds["retrieve"] = time.perf_counter() - t0
 
-    held = heldout_qids(qids, settings.calibration_fraction)  # the calibration queries (a warm-up holds them out)
+    # the calibration queries (a warm-up at the same fraction and salt holds them out)
+    held = heldout_qids(qids, settings.calibration_fraction, settings.heldout_salt)
     uncalibrated: set[str] = set()  # held out, beyond the cap: neither calibrated on nor trained on
     if 0 < settings.calibration_max_queries < len(held):
         from tandem.train.lists import first_by_hash

@@ -33,6 +33,9 @@ class MineSettings:
     high_rank: int = _f(0, "rank mode: the re-ranker's top-k candidates (not labelled) become pseudo-positives")
     calibration: str = _f("platt", "platt: sigmoid(a*logit+b) fitted on held-out labelled pairs; sigmoid: a=1, b=0")
     calibration_fraction: float = _f(0.1, "share of training queries whose labelled pairs fit the calibration")
+    heldout_salt: str = _f("tandem-heldout", "the calibration queries: those whose id hashes with this salt below "
+                                             "calibration_fraction (the queries a warm-up with the same "
+                                             "heldout_fraction and heldout_salt holds out)")
     calibration_pool: str = _f("candidates", "what calibrates the denoiser: candidates (each calibration query's "
                                              "whole candidate list, its labelled positives there against the rest: "
                                              "the pool the lists draw from) or positives (its scored candidates "
@@ -72,6 +75,7 @@ class MineSettings:
             (0.0 <= self.low <= self.high <= 1.0 or self.high > 1.0,
              "need 0 <= low <= high (high > 1: no pseudo-positives)"),
             (0.0 < self.calibration_fraction < 1.0, "calibration_fraction must be in (0, 1)"),
+            (bool(self.heldout_salt), "heldout_salt must not be empty"),
             (0.0 <= self.low_from_positives < 1.0, "low_from_positives must be in [0, 1)"),
             (0.0 <= self.high_from_precision < 1.0, "high_from_precision must be in [0, 1)"),
             (self.denoise_queries >= 0, "denoise_queries must be >= 0"),
@@ -98,8 +102,8 @@ class MineSettings:
 # is the same whatever they are
 DENOISING_SETTINGS = frozenset({
     "denoise_by", "low", "high", "low_from_positives", "high_from_precision", "low_rank", "high_rank", "calibration",
-    "calibration_fraction", "calibration_pool", "calibration_positives", "calibration_max_queries", "denoise_top",
-    "max_pseudo", "denoise_depth", "denoise_queries", "rerank_batch"})
+    "calibration_fraction", "heldout_salt", "calibration_pool", "calibration_positives", "calibration_max_queries",
+    "denoise_top", "max_pseudo", "denoise_depth", "denoise_queries", "rerank_batch"})
 
 
 @dataclass

@@ -48,7 +48,7 @@ from tandem.recipe.costs import (
 from tandem.recipe.report import UNTRAINED, build_report, peer_rows, render_markdown
 from tandem.recipe.run import index_and_search, run_recipe, search_into, val_file
 from tandem.recipe.stages import STAGE, STAGE_ORDER, STAGES, TRAINING_STAGES, Stage, Stages, chain
-from tandem.recipe.validation import Validation, choose_validation, eval_split_of, heldout_share
+from tandem.recipe.validation import Validation, choose_validation, eval_split_of, heldout_share, validation_and_share
 
 __all__ = [
     "ACTIVATION_FIT", "CONFIG_DIR", "CPU_RATES", "CPU_RATES_BF16", "DEEPENED_QUERIES", "DEEPENED_SCORED",
@@ -57,5 +57,5 @@ __all__ = [
     "Stages", "Validation", "build_report", "calibration_queries", "chain", "choose_validation", "default_rates",
     "denoised_queries", "eval_split_of", "heldout_share", "index_and_search", "load_recipe", "memory_plan",
     "model_shape", "peer_rows", "plan", "render_markdown", "rerank_depths", "run_recipe", "search_into",
-    "shipped_config", "size_training", "training_cost_factor", "val_file",
+    "shipped_config", "size_training", "training_cost_factor", "val_file", "validation_and_share",
 ]

@@ -15,7 +15,7 @@ from tandem.recipe.config import REPORT_MEASURES, RecipeConfig, default_rates, d
 from tandem.recipe.costs import memory_plan, model_shape, plan, size_training
 from tandem.recipe.report import UNTRAINED, build_report, peer_rows, render_markdown
 from tandem.recipe.stages import Stages
-from tandem.recipe.validation import Validation, choose_validation, eval_split_of, heldout_share
+from tandem.recipe.validation import Validation, choose_validation, eval_split_of, validation_and_share
 
 log = logging.getLogger("tandem.recipe")
 
@@ -75,10 +75,7 @@ def _run_recipe(cfg: RecipeConfig, out: str | Path, progress: bool, dry_run: boo
         cfg = replace(cfg, eval_split=eval_split_of(cfg, directory))
         train_ds = load_beir(directory, cfg.train_split)
         test_ds = load_beir(directory, cfg.eval_split, corpus=train_ds.corpus)
-        val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
-        if val.source == "heldout" and len(val.queries) < min(cfg.heldout_min_queries, cfg.val_max_queries):
-            cfg = replace(cfg, heldout_fraction=heldout_share(cfg, train_ds))  # (a superset: the same hash order)
-            val = choose_validation(cfg, directory, train_ds, cfg.eval_split)
+        cfg, val = validation_and_share(cfg, directory, train_ds, cfg.eval_split)
         sizes = (cfg.plan_passages or len(train_ds.corpus), cfg.plan_train_queries or len(train_ds.qrels),
                  cfg.plan_eval_queries or len(test_ds.qrels), len(val.queries),
                  sum(map(len, train_ds.qrels.values())) / max(1, len(train_ds.qrels)))
@@ -484,7 +481,8 @@ class _Runner:
         candidates = {e["qid"]: [c["pid"] for c in sorted(e["candidates"], key=lambda c: c["rank"])]
                       for _, e in iter_jsonl(work_dir(self.out / "lists" / "lists.jsonl") / "candidates.jsonl")}
         qrels = self.train_ds.qrels
-        held = heldout_qids([q for q in qrels if q in self.train_ds.queries], self.cfg.heldout_fraction)
+        held = heldout_qids([q for q in qrels if q in self.train_ds.queries], self.cfg.heldout_fraction,
+                            self.cfg.heldout_salt)
         pool = [q for q in candidates if q in qrels and q in self.train_ds.queries and q not in held
                 and q not in self.val.queries]
         chosen = first_by_hash(pool, self.cfg.lexical_fit_queries, salt="tandem-lexical-fit")

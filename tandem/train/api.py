@@ -87,15 +87,15 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
 
 def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps: int,
                     overrides: dict[str, Any] | list[str] | None = None, heldout_fraction: float = 0.1,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, heldout_salt: str = "tandem-heldout") -> Path:
     """A re-ranker (``--mode reranker``, the gated architecture unless ``overrides`` say otherwise) trained for
     ``steps`` on the training lists ``lists`` (the undenoised lists ``tandem mine`` writes without a re-ranker), for
     when no trained cross-encoder is at hand to denoise with; its directory ``out/reranker``.
 
-    ``heldout_fraction`` of the queries (by a hash of the id: mining's calibration queries at its
-    ``calibration_fraction``) are held out, so that the re-ranker is calibrated on queries it never trained on.
-    Resumable (a killed warm-up continues from its checkpoint), and done once for the same settings and lists: other
-    settings train it afresh.
+    ``heldout_fraction`` of the queries (by a hash of the id with ``heldout_salt``: mining's calibration queries at
+    its ``calibration_fraction`` and ``heldout_salt``) are held out, so that the re-ranker is calibrated on queries it
+    never trained on. Resumable (a killed warm-up continues from its checkpoint), and done once for the same settings
+    and lists: other settings train it afresh.
     """
     import shutil
 
@@ -104,8 +104,8 @@ def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps:
 
     out = Path(out)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
-    ov = {"reranker_arch": "gated", "heldout_fraction": heldout_fraction, **extra, "mode": "reranker",
-          "max_steps": steps}
+    ov = {"reranker_arch": "gated", "heldout_fraction": heldout_fraction, "heldout_salt": heldout_salt, **extra,
+          "mode": "reranker", "max_steps": steps}
     key = {"steps": steps, "overrides": ov, "lists": sha256_file(lists)}
     done = out / "done.json"
     if done.exists() and read_json(done).get("key") == key:

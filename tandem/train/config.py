@@ -104,6 +104,9 @@ class TrainConfig:
                                  "re-ranks for the held-out queries when keep_best validates it")
     validation_depth: int = _f(10, "passages per held-out query the re-ranker re-ranks for validation")
     heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (by a hash of the query id)")
+    heldout_salt: str = _f("tandem-heldout", "the held-out draw: lists whose query id hashes with this salt below "
+                                             "heldout_fraction (tandem recipe sets one per seed; tandem mine's "
+                                             "heldout_salt must match for a warm-up's calibration queries)")
     heldout_eval_lists: int = _f(0, "evaluate on this many of the held-out lists at most (a fixed subset; 0: all): "
                                     "the others stay out of training all the same")
     allow_untrained_reranker: bool = _f(False, "let joint/static start from a re-ranker with a new, untrained head")
@@ -127,6 +130,7 @@ class TrainConfig:
             (self.pooling in ("", "mean", "cls"), "pooling must be '', mean or cls"),
             (self.normalize in ("", "true", "false"), "normalize must be '', true or false"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (bool(self.heldout_salt), "heldout_salt must not be empty"),
             (0 <= self.denoised_share <= 1, "denoised_share must be in [0, 1]"),
             (0 <= self.pseudo_positive_prob <= 1, "pseudo_positive_prob must be in [0, 1]"),
             (self.positive_pool in ("all", "retrieved"), "positive_pool must be all or retrieved"),

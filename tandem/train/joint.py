@@ -170,8 +170,8 @@ class Trainer:
             for m in (self.retriever, self.reranker):
                 if m is not None:
                     broadcast_parameters(m)
-        # held-out lists: a fixed split by query id, independent of the training seed and of the list count
-        held = set(heldout_indices([lst.qid for lst in lists], cfg.heldout_fraction))
+        # held-out lists: a split by query id (hashed with heldout_salt), independent of the list count and order
+        held = set(heldout_indices([lst.qid for lst in lists], cfg.heldout_fraction, cfg.heldout_salt))
         self.heldout = [lists[i] for i in sorted(held)]
         self.validator, self.best = validator, None
         if cfg.keep_best:
@@ -184,7 +184,7 @@ class Trainer:
         if cfg.heldout_eval_lists and len(self.heldout) > cfg.heldout_eval_lists:  # cheaper diagnostics
             from tandem.train.lists import first_by_hash
 
-            keep = set(first_by_hash([lst.qid for lst in self.heldout], cfg.heldout_eval_lists))
+            keep = set(first_by_hash([lst.qid for lst in self.heldout], cfg.heldout_eval_lists, cfg.heldout_salt))
             self.heldout = [lst for lst in self.heldout if lst.qid in keep]
         self.lists = [lst for i, lst in enumerate(lists) if i not in held]
         if not self.lists:

@@ -165,21 +165,30 @@ class Group:
     pids: list[str]
 
 
-def qid_unit(qid: str, salt: str = "tandem-heldout") -> float:
+HELDOUT_SALT = "tandem-heldout"  # the held-out draw of `tandem train` and `tandem mine` unless told otherwise
+
+
+def heldout_salt(seed: int | None) -> str:
+    """The salt of a run's held-out draw: one per seed (a recipe's seeds then validate on different queries, so
+    their spread includes the draw's), or the fixed :data:`HELDOUT_SALT` for ``None``."""
+    return HELDOUT_SALT if seed is None else f"{HELDOUT_SALT}-seed{seed}"
+
+
+def qid_unit(qid: str, salt: str = HELDOUT_SALT) -> float:
     """A query id's fixed place in [0, 1) for one purpose (``salt``): the held-out split keys on it, and fixed
     subsets (validation, budgeted denoising) take the queries in its order."""
     digest = hashlib.sha256(f"{salt}:{qid}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def first_by_hash(qids: Iterable[str], n: int, salt: str = "tandem-heldout") -> list[str]:
+def first_by_hash(qids: Iterable[str], n: int, salt: str = HELDOUT_SALT) -> list[str]:
     """The ``n`` queries that come first in the order of ``qid_unit(qid, salt)``: a fixed subset whatever the order
     or count of ``qids``."""
     return sorted(qids, key=lambda q: qid_unit(q, salt))[:n]
 
 
-def heldout_qids(qids: Iterable[str], fraction: float) -> set[str]:
-    """The queries held out for evaluation: those whose id hashes below ``fraction``.
+def heldout_qids(qids: Iterable[str], fraction: float, salt: str = HELDOUT_SALT) -> set[str]:
+    """The queries held out for evaluation: those whose id hashes (with ``salt``) below ``fraction``.
 
     The choice depends on each query id alone, not on the list order or count, so mining, training
     and the recipe's validation agree on it whatever subset of queries each of them sees. Where the
@@ -189,16 +198,16 @@ def heldout_qids(qids: Iterable[str], fraction: float) -> set[str]:
     qids = list(dict.fromkeys(qids))
     if fraction <= 0 or len(qids) < 2:
         return set()
-    held = {q for q in qids if qid_unit(q) < fraction}
+    held = {q for q in qids if qid_unit(q, salt) < fraction}
     if not held or len(held) == len(qids):
         k = min(max(1, round(fraction * len(qids))), len(qids) - 1)
-        held = set(first_by_hash(qids, k))
+        held = set(first_by_hash(qids, k, salt))
     return held
 
 
-def heldout_indices(qids: Sequence[str], fraction: float) -> list[int]:
+def heldout_indices(qids: Sequence[str], fraction: float, salt: str = HELDOUT_SALT) -> list[int]:
     """Indices (into ``qids``, e.g. one per training list) of the held-out queries' entries."""
-    held = heldout_qids(qids, fraction)
+    held = heldout_qids(qids, fraction, salt)
     return [i for i, q in enumerate(qids) if q in held]
 
 

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 RATE_KEYS = ("encode_per_s", "train_seq_per_s", "rerank_pairs_per_s", "rerank_train_pairs_per_s")
 # training settings that change what is trained on or when it is evaluated, not how fast a step runs
-NOT_SPEED = frozenset({"heldout_fraction", "eval_every", "seed", "heldout_eval_lists", "max_steps", "mode",
-                       "lr_retriever", "lr_reranker", "lr_head", "lr_gate", "keep_best", "keep_best_p",
+NOT_SPEED = frozenset({"heldout_fraction", "heldout_salt", "eval_every", "seed", "heldout_eval_lists", "max_steps",
+                       "mode", "lr_retriever", "lr_reranker", "lr_head", "lr_gate", "keep_best", "keep_best_p",
                        "teacher_temperature", "positive_pool"})
 PROBE_VERSION = 1  # bump when what the probe measures changes: older cached rates are then measured again
 

@@ -1,0 +1,109 @@
+"""How fair a sample is each seed's validation draw? (issue 18)
+
+The recipe adopts a trained model only if it beats its start on validation queries: the dev split where there is
+one (capped at ``val_max_queries``), else held-out training queries. Which queries those are is a draw by a hash of
+the query id: one per seed (``heldout_draw: seed``, the default since session 19) or one for good (``fixed``, the
+earlier behaviour). For each dataset this measures, over the pool a draw is taken from (all training queries with a
+labelled positive, or the whole dev split), the training-free systems' per-query nDCG@10 (BM25 as the recipe builds
+it, the zero-shot retriever at the demo's 128 passage tokens); then, for each draw of the demo config, its
+zero-shot - BM25 and that number's percentile among random subsets of the pool of the same size. A fair draw sits
+anywhere in the middle; SciFact's fixed draw sat at the 1.5th percentile (BENCHMARKS.md, session 18), so every
+SciFact demo served BM25.
+
+    python benchmarks/validation_draw.py --data scifact --data nfcorpus --seeds 1 2 3 4 5 \\
+        --out runs/bench/validation_draw.json
+
+``--index DIR`` (once per ``--data``) searches a recipe's zero-shot index (``zs-index/index``) instead of encoding
+the corpus here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from bm25_stemming import _per_query, _zero_shot
+
+
+def one_dataset(name: str, index_dir: str | None, seeds: list[int], n_random: int, rng) -> dict:
+    from tandem.data import load_beir, resolve_dataset
+    from tandem.index.bm25 import BM25, BM25Settings
+    from tandem.recipe import eval_split_of, load_recipe, shipped_config, validation_and_share
+
+    directory = resolve_dataset(name)
+    base = load_recipe(shipped_config("demo"), {"data": name})
+    split = eval_split_of(base, directory)
+    train = load_beir(directory, base.train_split)
+    draws = {f"seed {s}": replace(base, seed=s, heldout_draw="seed") for s in seeds}
+    draws["fixed"] = replace(base, heldout_draw="fixed")
+    vals = {k: validation_and_share(c, directory, train, split)[1] for k, c in draws.items()}
+    source = {v.source for v in vals.values()}
+    if len(source) != 1 or "none" in source:
+        raise SystemExit(f"{name}: validation sources {source}: expected one, held-out or a split")
+    source = source.pop()
+    pool_ds = train if source == "heldout" else load_beir(directory, source, corpus=train.corpus)
+    pool = {q: pool_ds.queries[q] for q, d in pool_ds.qrels.items()
+            if q in pool_ds.queries and any(r > 0 for r in d.values())}
+    zs = _per_query(_zero_shot(name, train, [pool], index_dir)[0], pool_ds.qrels)
+    t = time.perf_counter()
+    bm25 = _per_query(BM25(train.corpus, BM25Settings(stemmer=base.bm25_stemmer)).search(pool, 1000), pool_ds.qrels)
+    print(f"{name}: BM25 over {len(pool)} queries in {time.perf_counter() - t:.0f} s", flush=True)
+    qids = list(pool)
+    diff = np.array([zs.get(q, 0.0) - bm25.get(q, 0.0) for q in qids])
+    at = {q: i for i, q in enumerate(qids)}
+    out = {"pool": f"{source} ({len(pool)} queries)", "zero_shot_minus_bm25_pool": float(diff.mean()),
+           "zero_shot_pool": float(np.mean([zs.get(q, 0.0) for q in qids])),
+           "bm25_pool": float(np.mean([bm25.get(q, 0.0) for q in qids])), "draws": {}}
+    for key, val in vals.items():
+        idx = np.array([at[q] for q in val.queries if q in at])
+        n = len(idx)
+        # random subsets of the same size: the first n of a random permutation of the pool, n_random times
+        subsets = np.argsort(rng.random((n_random, len(qids))), axis=1)[:, :n]
+        means = diff[subsets].mean(axis=1)
+        mean = float(diff[idx].mean())
+        out["draws"][key] = {"queries": n, "zero_shot_minus_bm25": mean,
+                             "percentile": float(100 * (means < mean).mean()),
+                             "random_5_95": [float(np.percentile(means, 5)), float(np.percentile(means, 95))],
+                             "why": val.why}
+    seeded = [v["zero_shot_minus_bm25"] for k, v in out["draws"].items() if k != "fixed"]
+    out["seed_draws_mean"], out["seed_draws_sd"] = float(np.mean(seeded)), float(np.std(seeded, ddof=1))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", action="append", required=True, help="a dataset name or directory (repeatable)")
+    ap.add_argument("--index", action="append", default=None,
+                    help="a zero-shot index (a recipe's zs-index/index), one per --data in order (else encoded here)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--random", type=int, default=10_000, help="random subsets per draw")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    given = args.index or [None] * len(args.data)
+    if len(given) != len(args.data):
+        ap.error("give --index once per --data, or not at all")
+    if len(args.seeds) < 2:
+        ap.error("give two seeds at least (the spread of their draws is reported)")
+    rng = np.random.default_rng(0)
+    result = {name: one_dataset(name, ix, args.seeds, args.random, rng) for name, ix in zip(args.data, given)}
+    for name, r in result.items():
+        print(f"\n{name}: pool {r['pool']}: zero-shot {r['zero_shot_pool']:.4f}, BM25 {r['bm25_pool']:.4f}, "
+              f"zero-shot - BM25 {r['zero_shot_minus_bm25_pool']:+.4f}")
+        for key, d in r["draws"].items():
+            print(f"  {key:8s} {d['queries']:4d} queries: zero-shot - BM25 {d['zero_shot_minus_bm25']:+.4f}, "
+                  f"percentile {d['percentile']:5.1f} (random 5-95%: {d['random_5_95'][0]:+.4f} to "
+                  f"{d['random_5_95'][1]:+.4f})")
+        print(f"  seed draws: mean {r['seed_draws_mean']:+.4f}, sd {r['seed_draws_sd']:.4f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"seeds": args.seeds, "results": result}, indent=1))
+    tmp.replace(args.out)
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
