@@ -92,22 +92,32 @@ def one_dataset(name: str, index_dir: str | None) -> dict:
     return out
 
 
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """``--data`` (repeatable) and ``--index`` (a zero-shot index per ``--data``, or none)."""
+    ap.add_argument("--data", action="append", required=True, help="a dataset name or directory (repeatable)")
+    ap.add_argument("--index", action="append", default=None,
+                    help="a zero-shot index (a recipe's zs-index/index), one per --data in order (else encoded here)")
+
+
+def data_and_indexes(ap: argparse.ArgumentParser, args) -> list[tuple[str, str | None]]:
+    given = args.index or [None] * len(args.data)
+    if len(given) != len(args.data):
+        ap.error("give --index once per --data, or not at all")
+    return list(zip(args.data, given))
+
+
 def main() -> None:
     from tandem.eval.stats import paired_test
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", action="append", required=True, help="a dataset name or directory (repeatable)")
-    ap.add_argument("--index", action="append", default=None,
-                    help="a zero-shot index (a recipe's zs-index/index), one per --data in order (else encoded here)")
+    add_data_args(ap)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    given = args.index or [None] * len(args.data)
-    if len(given) != len(args.data):
-        ap.error("give --index once per --data, or not at all")
+    given = data_and_indexes(ap, args)
     result, tests, pooled = {}, {}, {(s, p): ({}, {}) for s in ("bm25", "hybrid")
                                                     for p in ("val", "train")}
     default = f"k1={SETTINGS[0][0]} b={SETTINGS[0][1]}"
-    for name, zs in zip(args.data, given):
+    for name, zs in given:
         r = result[name] = one_dataset(name, zs)
         pq = r["per_query"]
         for system in ("bm25", "hybrid"):

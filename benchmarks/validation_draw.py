@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bm25_stemming import _per_query, _zero_shot
+from bm25_stemming import _per_query, _zero_shot, add_data_args, data_and_indexes
 
 
 def one_dataset(name: str, index_dir: str | None, seeds: list[int], n_random: int, rng) -> dict:
@@ -76,20 +76,16 @@ def one_dataset(name: str, index_dir: str | None, seeds: list[int], n_random: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", action="append", required=True, help="a dataset name or directory (repeatable)")
-    ap.add_argument("--index", action="append", default=None,
-                    help="a zero-shot index (a recipe's zs-index/index), one per --data in order (else encoded here)")
+    add_data_args(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--random", type=int, default=10_000, help="random subsets per draw")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    given = args.index or [None] * len(args.data)
-    if len(given) != len(args.data):
-        ap.error("give --index once per --data, or not at all")
+    given = data_and_indexes(ap, args)
     if len(args.seeds) < 2:
         ap.error("give two seeds at least (the spread of their draws is reported)")
     rng = np.random.default_rng(0)
-    result = {name: one_dataset(name, ix, args.seeds, args.random, rng) for name, ix in zip(args.data, given)}
+    result = {name: one_dataset(name, ix, args.seeds, args.random, rng) for name, ix in given}
     for name, r in result.items():
         print(f"\n{name}: pool {r['pool']}: zero-shot {r['zero_shot_pool']:.4f}, BM25 {r['bm25_pool']:.4f}, "
               f"zero-shot - BM25 {r['zero_shot_minus_bm25_pool']:+.4f}")
