@@ -57,7 +57,7 @@ def _pairs(a_runs: list[Path], b_runs: list[Path], reports: dict[Path, dict], sy
 def main() -> None:
     from tandem.data import load_beir, resolve_dataset
     from tandem.eval.stats import paired_test
-    from tandem.recipe import choose_validation, load_recipe
+    from tandem.recipe import choose_validation, load_recipe, saved_settings
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--a", nargs="+", required=True, help="runs of config A (one per seed)")
@@ -76,8 +76,7 @@ def main() -> None:
     test = load_beir(directory, first["split"], corpus=train.corpus)
 
     def validation(run: Path) -> dict:
-        cfg = load_recipe(None, {k: v for k, v in json.loads((run / "recipe.json").read_text()).items()
-                                 if k != "data_dir" and v is not None})
+        cfg = load_recipe(None, saved_settings(json.loads((run / "recipe.json").read_text())))
         return choose_validation(cfg, directory, train, first["split"]).qrels
 
     val_qrels = []  # the two configs may validate on different queries: compare on those both validated on

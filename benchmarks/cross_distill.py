@@ -31,12 +31,13 @@ def training_pairs(run: Path, list_size: int, max_queries: int):
     """(query, [positive, candidates...]) per non-held-out training query of the run's mined lists, in the
     lists' rank order, the positive first."""
     from tandem.data import load_beir
+    from tandem.recipe import saved_heldout_salt
     from tandem.train.lists import heldout_qids, read_lists
 
     recipe = json.loads((run / "recipe.json").read_text())
     train = load_beir(recipe["data_dir"], "train")
     lists = read_lists(run / "lists" / "lists.jsonl", train.corpus, train.queries)
-    held = heldout_qids([lst.qid for lst in lists], recipe["heldout_fraction"])
+    held = heldout_qids([lst.qid for lst in lists], recipe["heldout_fraction"], saved_heldout_salt(recipe))
     out = []
     for lst in lists:
         if lst.qid in held or not lst.positives:

@@ -30,6 +30,7 @@ def main() -> None:
     from tandem.data import load_beir, resolve_dataset
     from tandem.mining import fit_platt, heldout_qids, iter_lines
     from tandem.models.reranker import Reranker
+    from tandem.recipe import saved_heldout_salt
     from tandem.train.lists import first_by_hash
 
     ap = argparse.ArgumentParser()
@@ -39,8 +40,9 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     ds = load_beir(resolve_dataset(args.data), "train")
-    fraction = json.loads((run / "recipe.json").read_text())["heldout_fraction"]
-    held = sorted(heldout_qids([q for q in ds.qrels if q in ds.queries], fraction))
+    recipe = json.loads((run / "recipe.json").read_text())
+    held = sorted(heldout_qids([q for q in ds.qrels if q in ds.queries], recipe["heldout_fraction"],
+                               saved_heldout_salt(recipe)))
     held = first_by_hash(held, 100, "calibration") if len(held) > 100 else held
     stage = "denoise" if (run / "denoise").exists() else "lists"
     cands = {r["qid"]: [c["pid"] for c in r["candidates"]]

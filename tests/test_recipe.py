@@ -440,6 +440,17 @@ def test_the_held_out_draw_follows_the_seed_and_every_stage_holds_out_the_same_q
     assert set(dev[1].queries) != set(dev[2].queries)
     with pytest.raises(ConfigError, match="heldout_draw"):
         choose_validation(_cfg(tiny_model_dir, data, heldout_draw="random"), data, ds, "test")
+    # a run's recipe.json gives its draw back (one saved before heldout_draw existed: the fixed draw)
+    from dataclasses import asdict
+
+    from tandem.recipe import saved_heldout_salt, saved_settings
+
+    saved = {**asdict(_cfg(tiny_model_dir, data, seed=2)), "data_dir": str(data)}
+    assert saved_heldout_salt(saved) == _cfg(tiny_model_dir, data, seed=2).heldout_salt != HELDOUT_SALT
+    again = choose_validation(load_recipe(None, saved_settings(saved)), data, ds, "test")
+    assert set(again.queries) == set(choose_validation(_cfg(tiny_model_dir, data, seed=2), data, ds, "test").queries)
+    old = {k: v for k, v in saved.items() if k != "heldout_draw"}
+    assert saved_heldout_salt(old) == HELDOUT_SALT == load_recipe(None, saved_settings(old)).heldout_salt
 
 
 def test_sizes_follow_the_data_and_the_budget(tiny_model_dir, tiny_dataset):

@@ -31,6 +31,8 @@ from tandem.recipe.config import (
                                   denoised_queries,
                                   load_recipe,
                                   rerank_depths,
+                                  saved_heldout_salt,
+                                  saved_settings,
                                   shipped_config,
 )
 from tandem.recipe.costs import (
@@ -56,6 +58,7 @@ __all__ = [
     "STAGE_ORDER", "STEP_SETTINGS", "TRAINING_STAGES", "UNTRAINED", "Cost", "Memory", "RecipeConfig", "Stage",
     "Stages", "Validation", "build_report", "calibration_queries", "chain", "choose_validation", "default_rates",
     "denoised_queries", "eval_split_of", "heldout_share", "index_and_search", "load_recipe", "memory_plan",
-    "model_shape", "peer_rows", "plan", "render_markdown", "rerank_depths", "run_recipe", "search_into",
+    "model_shape", "peer_rows", "plan", "render_markdown", "rerank_depths", "run_recipe", "saved_heldout_salt",
+    "saved_settings", "search_into",
     "shipped_config", "size_training", "training_cost_factor", "val_file", "validation_and_share",
 ]

@@ -249,6 +249,19 @@ def shipped_config(name: str) -> Path:
     return path
 
 
+def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``recipe.json`` as settings :func:`load_recipe` takes again: without what the run added
+    (``data_dir``) and with the draw it used (a run made before ``heldout_draw`` existed: the fixed one)."""
+    return {"heldout_draw": "fixed", **{k: v for k, v in saved.items() if k != "data_dir" and v is not None}}
+
+
+def saved_heldout_salt(saved: dict[str, Any]) -> str:
+    """The salt of a run's held-out draw, from its ``recipe.json``."""
+    from tandem.train.lists import heldout_salt
+
+    return heldout_salt(saved["seed"] if saved.get("heldout_draw", "fixed") == "seed" else None)
+
+
 def denoised_queries(cfg: RecipeConfig, n_train: int) -> int:
     """How many training queries the denoise stage scores (and the joint stage then trains on)."""
     if not cfg.denoise:
