@@ -608,3 +608,32 @@ def test_positive_pool_retrieved_trains_on_the_lists_the_recipe_mines(tiny_datas
     assert any("rank" in p for lst in lists for p in lst["positives"] if not p.get("pseudo"))
     for stage in ("retriever-warmup", "warmup", "joint"):
         assert json.loads((out / stage / "config.json").read_text())["positive_pool"] == "retrieved"
+
+
+def test_a_system_validation_did_not_adopt_is_never_served():
+    """The served system is the best on validation among the systems in use: a trained system not adopted over its
+    start (NFCorpus seed 2, session 19: the re-ranked hybrid led on validation, was kept out at p = 0.18 against
+    the hybrid, and was served all the same, its re-ranker reported as not used) gives way to the best of the rest;
+    that one, if trained, must still beat the best training-free system."""
+    from tandem.recipe import choose_served
+
+    def row(val, trained, adopted=None):
+        return {"val": {"nDCG@10": val}, "trained": trained, **({} if adopted is None else {"adopted": adopted})}
+
+    systems = {"bm25": row(0.3564, False), "zero-shot": row(0.3655, False), "hybrid-zero-shot": row(0.3924, False),
+               "retriever-only": row(0.3750, True, True), "joint-retriever": row(0.3772, True, False),
+               "hybrid": row(0.3952, True), "joint-retriever+reranker": row(0.3835, True, False),
+               "hybrid+reranker": row(0.3990, True, False)}
+    asked = []
+
+    def beats(a, b, verdict=True):
+        asked.append((a, b))
+        return verdict, systems[a]["val"]["nDCG@10"], systems[b]["val"]["nDCG@10"], 0.01
+
+    chosen, why = choose_served(systems, beats, 0.1, "200 held-out training queries")
+    assert chosen == "hybrid" and asked == [("hybrid", "hybrid-zero-shot")]
+    assert "hybrid+reranker led on validation but was not adopted" in why and "200 held-out" in why
+    chosen, why = choose_served(systems, lambda a, b: beats(a, b, False), 0.1)
+    assert chosen == "hybrid-zero-shot" and "within the noise" in why
+    systems["hybrid+reranker"]["adopted"] = True  # adopted: served
+    assert choose_served(systems, beats, 0.1)[0] == "hybrid+reranker"

@@ -47,7 +47,7 @@ from tandem.recipe.costs import (
                                   size_training,
                                   training_cost_factor,
 )
-from tandem.recipe.report import UNTRAINED, build_report, peer_rows, render_markdown
+from tandem.recipe.report import UNTRAINED, build_report, choose_served, peer_rows, render_markdown
 from tandem.recipe.run import index_and_search, run_recipe, search_into, val_file
 from tandem.recipe.stages import STAGE, STAGE_ORDER, STAGES, TRAINING_STAGES, Stage, Stages, chain
 from tandem.recipe.validation import Validation, choose_validation, eval_split_of, heldout_share, validation_and_share
@@ -56,7 +56,8 @@ __all__ = [
     "ACTIVATION_FIT", "CONFIG_DIR", "CPU_RATES", "CPU_RATES_BF16", "DEEPENED_QUERIES", "DEEPENED_SCORED",
     "FUSED_ATTENTION_SPEEDUP", "HYBRID_EXTRA_PAIRS", "PROCESS_BASE_BYTES", "REPORT_MEASURES", "STAGE", "STAGES",
     "STAGE_ORDER", "STEP_SETTINGS", "TRAINING_STAGES", "UNTRAINED", "Cost", "Memory", "RecipeConfig", "Stage",
-    "Stages", "Validation", "build_report", "calibration_queries", "chain", "choose_validation", "default_rates",
+    "Stages", "Validation", "build_report", "calibration_queries", "chain", "choose_served", "choose_validation",
+    "default_rates",
     "denoised_queries", "eval_split_of", "heldout_share", "index_and_search", "load_recipe", "memory_plan",
     "model_shape", "peer_rows", "plan", "render_markdown", "rerank_depths", "run_recipe", "saved_heldout_salt",
     "saved_settings", "search_into",

@@ -17,6 +17,28 @@ from tandem.recipe.stages import TRAINING_STAGES, chain
 UNTRAINED = ("bm25", "zero-shot", "hybrid-zero-shot")
 
 
+def choose_served(systems: dict[str, dict[str, Any]], beats, adopt_p: float, val_why: str = "") -> tuple[str, str]:
+    """The system the recipe stands behind, and why: the best on validation (never on test; training-free on a
+    tie) among the systems in use: a trained system that validation did not adopt over its start (``adopted``
+    False: the run kept the start) is not served, whatever its mean. A trained system must also beat the best
+    training-free one (``beats(a, b)`` -> (verdict, a's mean, b's mean, p)), as any model its start."""
+    order = list(systems)
+    eligible = [n for n in order if systems[n].get("adopted") is not False]
+    chosen = max(eligible, key=lambda n: (systems[n]["val"]["nDCG@10"], -order.index(n)))
+    why = f"best validation nDCG@10 ({systems[chosen]['val']['nDCG@10']:.4f}{', ' + val_why if val_why else ''})"
+    passed = [n for n in order if systems[n].get("adopted") is False
+              and systems[n]["val"]["nDCG@10"] > systems[chosen]["val"]["nDCG@10"]]
+    if passed:
+        why += f" among the systems in use ({', '.join(passed)} led on validation but was not adopted over its start)"
+    if systems[chosen]["trained"]:
+        free = max(UNTRAINED, key=lambda n: (systems[n]["val"]["nDCG@10"], -UNTRAINED.index(n)))
+        ok, new, old, p = beats(chosen, free)
+        if not ok:
+            return free, (f"{chosen} led on validation ({new:.4f} vs {old:.4f}) within the noise (one-sided p = "
+                          f"{p:.3g}, adopt_p {adopt_p}): the best training-free system")
+    return chosen, why
+
+
 def build_report(runner, total: float, sizing: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json of a finished recipe run: each system's metrics (test and validation), its wall time (the
     stages it needs, :func:`tandem.recipe.stages.chain`), its adoption and paired test against its start; the
@@ -41,22 +63,15 @@ def build_report(runner, total: float, sizing: dict[str, Any] | None = None) -> 
         if sys_["note"]:
             row["note"] = sys_["note"]
         systems[name] = row
-    # the system the recipe stands behind: the best on validation (never on test); training-free on a tie
     if runner.validating:
-        chosen = max(systems, key=lambda n: (systems[n]["val"]["nDCG@10"], -list(systems).index(n)))
-        why = f"best validation nDCG@10 ({systems[chosen]['val']['nDCG@10']:.4f}, {runner.val.why})"
-        if systems[chosen]["trained"]:  # a trained system must beat the best training-free one, as any model
-            free = max(UNTRAINED, key=lambda n: (systems[n]["val"]["nDCG@10"], -UNTRAINED.index(n)))
-            ok, new, old, p = runner._beats(chosen, free)
-            if not ok:
-                why = (f"{chosen} led on validation ({new:.4f} vs {old:.4f}) within the noise (one-sided p = "
-                       f"{p:.3g}, adopt_p {runner.cfg.adopt_p}): the best training-free system")
-                chosen = free
+        chosen, why = choose_served(systems, runner._beats, runner.cfg.adopt_p, runner.val.why)
     else:
         chosen = "joint-retriever+reranker"
         why = f"the last trained system: {runner.val.why}"
     trained = [n for n in systems if systems[n]["trained"]]
-    best_trained = max(trained, key=lambda n: systems[n]["val"]["nDCG@10"]) if runner.validating else chosen
+    in_use = [n for n in trained if systems[n].get("adopted") is not False] or trained
+    best_trained = max(in_use, key=lambda n: systems[n]["val"]["nDCG@10"]) if runner.validating else chosen
+    reranker_used = runner.reranker_adopted or bool(systems.get("hybrid+reranker", {}).get("adopted"))
     base = "hybrid-zero-shot"
     paid = {"best_trained": best_trained, "baseline": base,
             "test": paired_test(per_query[best_trained][0], per_query[base][0])}
@@ -90,7 +105,7 @@ def build_report(runner, total: float, sizing: dict[str, Any] | None = None) -> 
             "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
             "stage_peak_rss_bytes": runner.stages.peak_rss, "peak_rss_bytes": _process_peak_rss(),
             "models": {"retriever": runner.retriever or str(runner.cfg.model),
-                       "reranker": str(runner.out / "joint" / "reranker") if runner.reranker_adopted else None,
+                       "reranker": str(runner.out / "joint" / "reranker") if reranker_used else None,
                        "first_stage": runner.first},
             "curves": curves, **({"hybrid_lists": hybrid_lists} if hybrid_lists else {})}
 
