@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from bm25_stemming import _per_query, _zero_shot, add_data_args, data_and_indexe
 def one_dataset(name: str, index_dir: str | None, seeds: list[int], n_random: int, rng) -> dict:
     from tandem.data import load_beir, resolve_dataset
     from tandem.index.bm25 import BM25, BM25Settings
+    from tandem.index.fusion import fuse_runs
     from tandem.recipe import eval_split_of, load_recipe, shipped_config, validation_and_share
 
     directory = resolve_dataset(name)
@@ -46,31 +46,45 @@ def one_dataset(name: str, index_dir: str | None, seeds: list[int], n_random: in
         raise SystemExit(f"{name}: validation sources {source}: expected one, held-out or a split")
     source = source.pop()
     pool_ds = train if source == "heldout" else load_beir(directory, source, corpus=train.corpus)
-    pool = {q: pool_ds.queries[q] for q, d in pool_ds.qrels.items()
-            if q in pool_ds.queries and any(r > 0 for r in d.values())}
-    zs = _per_query(_zero_shot(name, train, [pool], index_dir)[0], pool_ds.qrels)
-    t = time.perf_counter()
-    bm25 = _per_query(BM25(train.corpus, BM25Settings(stemmer=base.bm25_stemmer)).search(pool, 1000), pool_ds.qrels)
-    print(f"{name}: BM25 over {len(pool)} queries in {time.perf_counter() - t:.0f} s", flush=True)
-    qids = list(pool)
-    diff = np.array([zs.get(q, 0.0) - bm25.get(q, 0.0) for q in qids])
-    at = {q: i for i, q in enumerate(qids)}
-    out = {"pool": f"{source} ({len(pool)} queries)", "zero_shot_minus_bm25_pool": float(diff.mean()),
-           "zero_shot_pool": float(np.mean([zs.get(q, 0.0) for q in qids])),
-           "bm25_pool": float(np.mean([bm25.get(q, 0.0) for q in qids])), "draws": {}}
+    reported = load_beir(directory, split, corpus=train.corpus)
+    sets = {}
+    for part, ds in (("pool", pool_ds), (split, reported)):
+        sets[part] = ({q: ds.queries[q] for q, d in ds.qrels.items()
+                       if q in ds.queries and any(r > 0 for r in d.values())}, ds.qrels)
+    zs_runs = _zero_shot(name, train, [q for q, _ in sets.values()], index_dir)
+    bm25_index = BM25(train.corpus, BM25Settings(stemmer=base.bm25_stemmer))
+    diffs, out = {}, {"pool": f"{source} ({len(sets['pool'][0])} queries)", "reported": split, "draws": {}}
+    for (part, (queries, qrels)), zs_run in zip(sets.items(), zs_runs):
+        bm25_run = bm25_index.search(queries, 1000)
+        per = {"zero_shot": _per_query(zs_run, qrels), "bm25": _per_query(bm25_run, qrels),
+               "hybrid_zero_shot": _per_query(fuse_runs([bm25_run, zs_run]), qrels)}
+        qids = list(queries)
+        for system in ("zero_shot", "hybrid_zero_shot"):
+            d = np.array([per[system].get(q, 0.0) - per["bm25"].get(q, 0.0) for q in qids])
+            out[f"{system}_minus_bm25_{'pool' if part == 'pool' else 'reported'}"] = float(d.mean())
+            if part == "pool":
+                diffs[system] = d
+        for system, pq in per.items():
+            out[f"{system}_{'pool' if part == 'pool' else 'reported'}"] = float(np.mean([pq.get(q, 0.0) for q in qids]))
+        if part == "pool":
+            pool_qids = qids
+    at = {q: i for i, q in enumerate(pool_qids)}
     for key, val in vals.items():
         idx = np.array([at[q] for q in val.queries if q in at])
         n = len(idx)
         # random subsets of the same size: the first n of a random permutation of the pool, n_random times
-        subsets = np.argsort(rng.random((n_random, len(qids))), axis=1)[:, :n]
-        means = diff[subsets].mean(axis=1)
-        mean = float(diff[idx].mean())
-        out["draws"][key] = {"queries": n, "zero_shot_minus_bm25": mean,
-                             "percentile": float(100 * (means < mean).mean()),
-                             "random_5_95": [float(np.percentile(means, 5)), float(np.percentile(means, 95))],
-                             "why": val.why}
-    seeded = [v["zero_shot_minus_bm25"] for k, v in out["draws"].items() if k != "fixed"]
-    out["seed_draws_mean"], out["seed_draws_sd"] = float(np.mean(seeded)), float(np.std(seeded, ddof=1))
+        subsets = np.argsort(rng.random((n_random, len(pool_qids))), axis=1)[:, :n]
+        row = {"queries": n, "why": val.why}
+        for system, d in diffs.items():
+            means, mean = d[subsets].mean(axis=1), float(d[idx].mean())
+            row[f"{system}_minus_bm25"] = mean
+            row[f"{system}_percentile"] = float(100 * (means < mean).mean())
+            row[f"{system}_random_5_95"] = [float(np.percentile(means, 5)), float(np.percentile(means, 95))]
+        out["draws"][key] = row
+    for system in diffs:
+        seeded = [v[f"{system}_minus_bm25"] for k, v in out["draws"].items() if k != "fixed"]
+        out[f"{system}_seed_draws_mean"], out[f"{system}_seed_draws_sd"] = (float(np.mean(seeded)),
+                                                                           float(np.std(seeded, ddof=1)))
     return out
 
 
@@ -87,13 +101,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     result = {name: one_dataset(name, ix, args.seeds, args.random, rng) for name, ix in given}
     for name, r in result.items():
-        print(f"\n{name}: pool {r['pool']}: zero-shot {r['zero_shot_pool']:.4f}, BM25 {r['bm25_pool']:.4f}, "
-              f"zero-shot - BM25 {r['zero_shot_minus_bm25_pool']:+.4f}")
-        for key, d in r["draws"].items():
-            print(f"  {key:8s} {d['queries']:4d} queries: zero-shot - BM25 {d['zero_shot_minus_bm25']:+.4f}, "
-                  f"percentile {d['percentile']:5.1f} (random 5-95%: {d['random_5_95'][0]:+.4f} to "
-                  f"{d['random_5_95'][1]:+.4f})")
-        print(f"  seed draws: mean {r['seed_draws_mean']:+.4f}, sd {r['seed_draws_sd']:.4f}")
+        print(f"\n{name}: pool {r['pool']}, reported split {r['reported']}")
+        for system in ("zero_shot", "hybrid_zero_shot"):
+            label = system.replace("_", "-")
+            print(f"  {label} - BM25: pool {r[f'{system}_minus_bm25_pool']:+.4f}, {r['reported']} "
+                  f"{r[f'{system}_minus_bm25_reported']:+.4f}; seed draws mean {r[f'{system}_seed_draws_mean']:+.4f} "
+                  f"(sd {r[f'{system}_seed_draws_sd']:.4f})")
+            for key, d in r["draws"].items():
+                lo, hi = d[f"{system}_random_5_95"]
+                print(f"    {key:8s} {d['queries']:4d} queries: {d[f'{system}_minus_bm25']:+.4f}, percentile "
+                      f"{d[f'{system}_percentile']:5.1f} (random 5-95%: {lo:+.4f} to {hi:+.4f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"seeds": args.seeds, "results": result}, indent=1))
