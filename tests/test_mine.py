@@ -212,6 +212,19 @@ def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path)
     assert r.returncode == 2 and "not both" in r.stderr
 
 
+def test_a_warm_up_cannot_hold_out_other_queries_than_the_calibration(tmp_path):
+    """The warm-up re-ranker holds out the calibration queries (the same fraction and salt): a training override
+    with another heldout_salt would train it on the queries it is then calibrated on, so it is refused before
+    anything is read or trained."""
+    from tandem.errors import ConfigError
+    from tandem.train.api import warmup_reranker
+
+    with pytest.raises(ConfigError, match="heldout_salt"):
+        warmup_reranker("nowhere", tmp_path / "missing.jsonl", tmp_path / "w", 2, ["heldout_salt=other"],
+                        heldout_salt="tandem-heldout")
+    assert not (tmp_path / "w").exists()
+
+
 def test_every_mining_setting_reaches_the_cli_and_the_recipe(tiny_dataset, tmp_path):
     """One source per setting: MineSettings. `tandem mine --set KEY=VALUE` takes any of its fields, a recipe's
     `mine:` mapping too, and both refuse a name that is not one, saying which are."""

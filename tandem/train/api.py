@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.data import load_beir, read_run, resolve_dataset
-from tandem.errors import UsageError
+from tandem.errors import ConfigError, UsageError
 from tandem.io import output_dir
 from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
@@ -104,6 +104,9 @@ def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps:
 
     out = Path(out)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    if str(extra.get("heldout_salt", heldout_salt)) != heldout_salt:  # it would train on the calibration queries
+        raise ConfigError(f"heldout_salt={extra['heldout_salt']} for the warm-up, {heldout_salt} for the "
+                          "calibration: set it once, as a mining setting, and the warm-up holds out the same queries")
     ov = {"reranker_arch": "gated", "heldout_fraction": heldout_fraction, "heldout_salt": heldout_salt, **extra,
           "mode": "reranker", "max_steps": steps}
     key = {"steps": steps, "overrides": ov, "lists": sha256_file(lists)}
