@@ -9,6 +9,7 @@ from typing import Any
 
 from tandem.errors import ConfigError
 from tandem.settings import setting as _f
+from tandem.train.lists import HELDOUT_SALT
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class MineSettings:
     high_rank: int = _f(0, "rank mode: the re-ranker's top-k candidates (not labelled) become pseudo-positives")
     calibration: str = _f("platt", "platt: sigmoid(a*logit+b) fitted on held-out labelled pairs; sigmoid: a=1, b=0")
     calibration_fraction: float = _f(0.1, "share of training queries whose labelled pairs fit the calibration")
-    heldout_salt: str = _f("tandem-heldout", "the calibration queries: those whose id hashes with this salt below "
+    heldout_salt: str = _f(HELDOUT_SALT, "the calibration queries: those whose id hashes with this salt below "
                                              "calibration_fraction (the queries a warm-up with the same "
                                              "heldout_fraction and heldout_salt holds out)")
     calibration_pool: str = _f("candidates", "what calibrates the denoiser: candidates (each calibration query's "

@@ -186,11 +186,7 @@ class RecipeConfig:
     @property
     def heldout_salt(self) -> str:
         """The salt of the held-out and capped-validation draws (``heldout_draw``), one for every stage."""
-        from tandem.train.lists import heldout_salt
-
-        if self.heldout_draw not in ("seed", "fixed"):
-            raise ConfigError(f"heldout_draw={self.heldout_draw!r}: expected seed or fixed")
-        return heldout_salt(self.seed if self.heldout_draw == "seed" else None)
+        return draw_salt(self.heldout_draw, self.seed)
 
     @property
     def retriever_only_row(self) -> str:
@@ -249,6 +245,15 @@ def shipped_config(name: str) -> Path:
     return path
 
 
+def draw_salt(heldout_draw: str, seed: int) -> str:
+    """The held-out salt of ``heldout_draw`` (seed: one per seed; fixed: the one of tandem train and mine)."""
+    from tandem.train.lists import heldout_salt
+
+    if heldout_draw not in ("seed", "fixed"):
+        raise ConfigError(f"heldout_draw={heldout_draw!r}: expected seed or fixed")
+    return heldout_salt(seed if heldout_draw == "seed" else None)
+
+
 def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
     """A run's ``recipe.json`` as settings :func:`load_recipe` takes again: without what the run added
     (``data_dir``) and with the draw it used (a run made before ``heldout_draw`` existed: the fixed one)."""
@@ -257,9 +262,7 @@ def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
 
 def saved_heldout_salt(saved: dict[str, Any]) -> str:
     """The salt of a run's held-out draw, from its ``recipe.json``."""
-    from tandem.train.lists import heldout_salt
-
-    return heldout_salt(saved["seed"] if saved.get("heldout_draw", "fixed") == "seed" else None)
+    return draw_salt(saved_settings(saved)["heldout_draw"], saved["seed"])
 
 
 def denoised_queries(cfg: RecipeConfig, n_train: int) -> int:

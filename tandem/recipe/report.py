@@ -71,7 +71,6 @@ def build_report(runner, total: float, sizing: dict[str, Any] | None = None) -> 
     trained = [n for n in systems if systems[n]["trained"]]
     in_use = [n for n in trained if systems[n].get("adopted") is not False] or trained
     best_trained = max(in_use, key=lambda n: systems[n]["val"]["nDCG@10"]) if runner.validating else chosen
-    reranker_used = runner.reranker_adopted or bool(systems.get("hybrid+reranker", {}).get("adopted"))
     base = "hybrid-zero-shot"
     paid = {"best_trained": best_trained, "baseline": base,
             "test": paired_test(per_query[best_trained][0], per_query[base][0])}
@@ -105,7 +104,7 @@ def build_report(runner, total: float, sizing: dict[str, Any] | None = None) -> 
             "total_seconds": max(total, sum(s.values())), "wall_seconds": total,
             "stage_peak_rss_bytes": runner.stages.peak_rss, "peak_rss_bytes": _process_peak_rss(),
             "models": {"retriever": runner.retriever or str(runner.cfg.model),
-                       "reranker": str(runner.out / "joint" / "reranker") if reranker_used else None,
+                       "reranker": str(runner.out / "joint" / "reranker") if runner.reranker_adopted else None,
                        "first_stage": runner.first},
             "curves": curves, **({"hybrid_lists": hybrid_lists} if hybrid_lists else {})}
 

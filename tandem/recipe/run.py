@@ -360,7 +360,9 @@ class _Runner:
         if both:
             self._system("hybrid+reranker", "rerank", "hybrid.trec", start="hybrid",
                          note=f"joint re-ranker over the top-{self.depths['hybrid']} of hybrid")
-            self._adopt("hybrid+reranker", "joint re-ranker over the hybrid first stage")
+            # the joint re-ranker is in use wherever either re-ranked system is adopted (the report's re-ranker)
+            hybrid_adopted = self._adopt("hybrid+reranker", "joint re-ranker over the hybrid first stage")
+            self.reranker_adopted = self.reranker_adopted or hybrid_adopted
         if cfg.retriever_only_row == "equal-steps":  # the joint stage's settings, the retriever's own loss alone
             self._train("retriever-alone", "retriever", cfg.joint_steps, start, None,
                         after=(lists_stage, *start_after), lists=lists_stage, shape_of="joint")

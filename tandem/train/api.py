@@ -13,7 +13,7 @@ from tandem.models.reranker import Reranker
 from tandem.models.retriever import Retriever
 from tandem.train.config import TrainConfig, load_config
 from tandem.train.joint import Trainer, TrainResult
-from tandem.train.lists import lists_from_run, read_lists, write_lists
+from tandem.train.lists import HELDOUT_SALT, lists_from_run, read_lists, write_lists
 from tandem.utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def train(data: str | Path, out: str | Path, lists: str | Path | None = None, ru
 
 def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps: int,
                     overrides: dict[str, Any] | list[str] | None = None, heldout_fraction: float = 0.1,
-                    progress: bool = True, heldout_salt: str = "tandem-heldout") -> Path:
+                    progress: bool = True, heldout_salt: str = HELDOUT_SALT) -> Path:
     """A re-ranker (``--mode reranker``, the gated architecture unless ``overrides`` say otherwise) trained for
     ``steps`` on the training lists ``lists`` (the undenoised lists ``tandem mine`` writes without a re-ranker), for
     when no trained cross-encoder is at hand to denoise with; its directory ``out/reranker``.

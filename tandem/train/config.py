@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from tandem.errors import ConfigError
 from tandem.models.architectures import ARCHITECTURES
 from tandem.settings import describe as _describe, load_settings, setting as _f
+from tandem.train.lists import HELDOUT_SALT
 from tandem.utils import PRECISIONS
 
 MODES = ("joint", "static", "retriever", "reranker")
@@ -104,7 +105,7 @@ class TrainConfig:
                                  "re-ranks for the held-out queries when keep_best validates it")
     validation_depth: int = _f(10, "passages per held-out query the re-ranker re-ranks for validation")
     heldout_fraction: float = _f(0.0, "fraction of lists held out for evaluation (by a hash of the query id)")
-    heldout_salt: str = _f("tandem-heldout", "the held-out draw: lists whose query id hashes with this salt below "
+    heldout_salt: str = _f(HELDOUT_SALT, "the held-out draw: lists whose query id hashes with this salt below "
                                              "heldout_fraction (tandem recipe sets one per seed; tandem mine's "
                                              "heldout_salt must match for a warm-up's calibration queries)")
     heldout_eval_lists: int = _f(0, "evaluate on this many of the held-out lists at most (a fixed subset; 0: all): "
