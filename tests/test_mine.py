@@ -214,14 +214,17 @@ def test_cli_mine_with_warmup_then_train(tiny_dataset, tiny_model_dir, tmp_path)
 
 def test_a_warm_up_cannot_hold_out_other_queries_than_the_calibration(tmp_path):
     """The warm-up re-ranker holds out the calibration queries (the same fraction and salt): a training override
-    with another heldout_salt would train it on the queries it is then calibrated on, so it is refused before
-    anything is read or trained."""
+    with another heldout_salt, or a smaller heldout_fraction, would train it on queries it is then calibrated on,
+    so it is refused before anything is read or trained."""
     from tandem.errors import ConfigError
     from tandem.train.api import warmup_reranker
 
     with pytest.raises(ConfigError, match="heldout_salt"):
         warmup_reranker("nowhere", tmp_path / "missing.jsonl", tmp_path / "w", 2, ["heldout_salt=other"],
                         heldout_salt="tandem-heldout")
+    with pytest.raises(ConfigError, match="heldout_fraction"):
+        warmup_reranker("nowhere", tmp_path / "missing.jsonl", tmp_path / "w", 2, ["heldout_fraction=0.05"],
+                        heldout_fraction=0.1)
     assert not (tmp_path / "w").exists()
 
 

@@ -107,6 +107,9 @@ def warmup_reranker(data: str | Path, lists: str | Path, out: str | Path, steps:
     if str(extra.get("heldout_salt", heldout_salt)) != heldout_salt:  # it would train on the calibration queries
         raise ConfigError(f"heldout_salt={extra['heldout_salt']} for the warm-up, {heldout_salt} for the "
                           "calibration: set it once, as a mining setting, and the warm-up holds out the same queries")
+    if float(extra.get("heldout_fraction", heldout_fraction)) < heldout_fraction:  # (a larger one: a superset)
+        raise ConfigError(f"heldout_fraction={extra['heldout_fraction']} for the warm-up is below the calibration's "
+                          f"{heldout_fraction}: it would train on calibration queries")
     ov = {"reranker_arch": "gated", "heldout_fraction": heldout_fraction, "heldout_salt": heldout_salt, **extra,
           "mode": "reranker", "max_steps": steps}
     key = {"steps": steps, "overrides": ov, "lists": sha256_file(lists)}
